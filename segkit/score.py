@@ -1,0 +1,80 @@
+"""Stages 3 and 4 -- score and select segments.
+
+Attribution *strength* of a segment is ``sum|a| / sqrt(n)`` normalised over the trace; its *direction
+consistency* is ``|sum a| / sum|a|``. The paper's rule keeps the strongest segments until their cumulative
+strength reaches ``tau`` and, among them, those with consistency at most ``beta`` (strong but mixed-sign).
+
+    >>> select([0.5, 0.3, 0.2], [0.9, 0.4, 0.1], tau=0.7, beta=0.8)
+    [1]
+"""
+from __future__ import annotations
+
+import math
+import random
+from typing import Sequence
+
+import numpy as np
+
+TAU, BETA = 0.7, 0.8
+ALWAYS_KEEP = ("first", "second_to_last", "last")  # segments the authors' training script always trains on
+
+
+def strength(attributions: Sequence[Sequence[float]]) -> list[float]:
+    """Per-segment ``sum|a| / sqrt(n_tokens)``, normalised to sum to 1 (all zeros stay zeros)."""
+    raw = [float(np.abs(a).sum()) / math.sqrt(len(a)) if len(a) else 0.0 for a in attributions]
+    total = sum(raw)
+    return [r / total if total > 0 else 0.0 for r in raw]
+
+
+def consistency(attributions: Sequence[Sequence[float]]) -> list[float]:
+    """Per-segment ``|sum a| / sum|a|`` in [0, 1]; 0 for a segment whose attributions are all zero (or empty)."""
+    out = []
+    for a in attributions:
+        a = np.asarray(a, dtype=float)
+        mass = np.abs(a).sum()
+        out.append(float(abs(a.sum()) / mass) if mass > 0 else 0.0)
+    return out
+
+
+def top_by_cumulative(scores: Sequence[float], tau: float) -> list[int]:
+    """Indices of the highest scores, fewest first, until their cumulative share of the total reaches ``tau``.
+
+    Ties are broken by position (earlier segment first), so the result is deterministic.
+    """
+    total = float(sum(scores))
+    if total <= 0:
+        return []
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    taken, cum = [], 0.0
+    for i in order:
+        taken.append(i)
+        cum += scores[i] / total
+        if cum >= tau - 1e-12:
+            break
+    return taken
+
+
+def select(strengths: Sequence[float], consistencies: Sequence[float], tau: float = TAU,
+           beta: float = BETA) -> list[int]:
+    """The paper's rule: ``selected_spans_ids`` (sorted segment indices)."""
+    return sorted(i for i in top_by_cumulative(strengths, tau) if consistencies[i] <= beta)
+
+
+def always_kept(n_segments: int, keep: Sequence[str] = ALWAYS_KEEP) -> list[int]:
+    """Indices of the segments trained whatever the selection (by name: first, second_to_last, last)."""
+    names = {"first": 0, "second_to_last": n_segments - 2, "last": n_segments - 1}
+    unknown = set(keep) - set(names)
+    if unknown:
+        raise ValueError(f"unknown always-kept segment names {sorted(unknown)}; use {sorted(names)}")
+    return sorted({names[k] for k in keep if 0 <= names[k] < n_segments})
+
+
+def top_fraction(scores: Sequence[float], k: int) -> list[int]:
+    """The ``k`` highest-scoring segments (sorted indices): selection by perplexity, entropy, strength, ..."""
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    return sorted(order[:max(k, 0)])
+
+
+def random_selection(n_segments: int, k: int, seed: int | str) -> list[int]:
+    """``k`` segments drawn uniformly without replacement, reproducibly from ``seed``."""
+    return sorted(random.Random(str(seed)).sample(range(n_segments), min(max(k, 0), n_segments)))

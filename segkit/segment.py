@@ -1,0 +1,94 @@
+"""Stage 1 -- segment: split a reasoning trace at reflection keywords.
+
+The keyword opens the next segment; the first segment is the text before the first keyword, so
+``"".join(segment(trace)) == trace`` always. Segment indices are those of the authors' release
+(``re.split`` on the keyword alternation), which keeps ``selected_spans_ids`` interchangeable.
+
+    >>> segment("Let x=2.\\n\\nWait, x=3.")
+    ['Let x=2.', '\\n\\nWait, x=3.']
+"""
+from __future__ import annotations
+
+import bisect
+import re
+from functools import lru_cache
+from typing import Sequence
+
+Span = tuple[int, int]  # half-open [start, end)
+
+KEYWORDS: dict[str, tuple[str, ...]] = {
+    # the paper's list
+    "paper": ("\n\nWait", "\n\nAlternatively", "\n\nBut wait", "\n\nBut alternatively", "\n\nBut just to",
+              "\n\nHowever", "\n\nNot sure", "\n\nGoing back", "\n\nBacktrack", "\n\nTrace back", "\n\nAnother"),
+    # the retrospective list of the authors' release
+    "retro": ("\n\nWait", "\n\nAlternatively", "\n\nBut", "\n\nHowever", "\n\nHmmm", "\n\nHmm", "\n\nNot sure",
+              "\n\nGoing back", "\n\nBacktrack", "\n\nTrace back", "\n\nAnother"),
+}
+
+
+def resolve_keywords(keywords: str | Sequence[str] = "paper") -> tuple[str, ...]:
+    """A named list (``paper``, ``retro``) or the user's own keywords (escape sequences such as ``\\n`` decoded)."""
+    if isinstance(keywords, str):
+        if keywords not in KEYWORDS:
+            raise ValueError(f"unknown keyword list {keywords!r}; choose one of {sorted(KEYWORDS)} or pass keywords")
+        return KEYWORDS[keywords]
+    out = tuple(k.encode("latin-1", "backslashreplace").decode("unicode_escape") if "\\" in k else k for k in keywords)
+    if not out or any(not k for k in out):
+        raise ValueError("keywords must be non-empty strings")
+    return out
+
+
+@lru_cache(maxsize=32)
+def _pattern(keywords: tuple[str, ...]) -> re.Pattern:
+    # longest first, so that "\n\nBut wait" is one keyword rather than "\n\nBut" + " wait" (the split point is the
+    # same either way; the order only matters for reporting which keyword opened a segment)
+    alternation = "|".join(re.escape(k) for k in sorted(keywords, key=len, reverse=True))
+    return re.compile(f"({alternation})")
+
+
+def segment(trace: str, keywords: str | Sequence[str] = "paper") -> list[str]:
+    """Split ``trace`` so that each keyword and the text after it form one segment.
+
+    Agrees with ``re.split("(kw1|kw2|...)", trace)`` with each keyword re-joined to the text that follows it.
+    A trace that starts with a keyword has an empty first segment (kept, so indices match the reference split).
+    """
+    parts = _pattern(resolve_keywords(keywords)).split(trace)
+    return [parts[0]] + [parts[i] + parts[i + 1] for i in range(1, len(parts), 2)]
+
+
+def char_spans(segments: Sequence[str]) -> list[Span]:
+    """Character span of every segment inside ``"".join(segments)``."""
+    spans, start = [], 0
+    for s in segments:
+        spans.append((start, start + len(s)))
+        start += len(s)
+    return spans
+
+
+def token_spans(offsets: Sequence[Span], spans: Sequence[Span]) -> list[Span]:
+    """Map character spans to token spans through a tokenizer's offset mapping.
+
+    ``offsets[i]`` is the character span of token ``i`` in the text exactly as it was tokenized. A token belongs to
+    the segment in which it starts (so a token straddling a boundary is counted once, in the earlier segment);
+    tokens without characters (offset ``(0, 0)`` after the first position, e.g. special tokens) follow the
+    previous token. Returns contiguous half-open token ranges, one per span, covering all tokens.
+    """
+    starts = [s for s, _ in spans]
+    owner, prev = [], 0
+    for i, (a, b) in enumerate(offsets):
+        if a == b and i > 0:  # zero-width token
+            owner.append(prev)
+            continue
+        prev = max(bisect.bisect_right(starts, a) - 1, 0)
+        # empty segments share a start with the next one: bisect_right picks the last, which is the non-empty one
+        owner.append(prev)
+    # owners are non-decreasing for monotone offsets; make them so anyway for odd tokenizers (byte-fallback overlaps)
+    for i in range(1, len(owner)):
+        owner[i] = max(owner[i], owner[i - 1])
+    result, t = [], 0
+    for k in range(len(spans)):
+        t0 = t
+        while t < len(owner) and owner[t] == k:
+            t += 1
+        result.append((t0, t))
+    return result
