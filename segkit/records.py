@@ -25,8 +25,8 @@ class RecordError(ValueError):
         super().__init__(f"{path}:{line}: {message}")
 
 
-def read_jsonl(path) -> Iterator[tuple[int, dict]]:
-    """Yield ``(line_number, record)``; blank lines are skipped, anything else that is not a JSON object raises."""
+def iter_jsonl(path) -> Iterator[tuple[int, dict | RecordError]]:
+    """Yield ``(line_number, record)``, or ``(line_number, RecordError)`` for a line that is not a JSON object."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
@@ -37,11 +37,21 @@ def read_jsonl(path) -> Iterator[tuple[int, dict]]:
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
-                raise RecordError(path, n, f"not JSON ({e.msg} at column {e.colno})") from None
+                yield n, RecordError(path, n, f"not JSON ({e.msg} at column {e.colno})")
+                continue
             if not isinstance(rec, dict):
-                raise RecordError(path, n, f"expected a JSON object, got {type(rec).__name__}")
+                yield n, RecordError(path, n, f"expected a JSON object, got {type(rec).__name__}")
+                continue
             rec.setdefault("id", str(n))  # a stable key for resuming and merging: the input line
             yield n, rec
+
+
+def read_jsonl(path) -> Iterator[tuple[int, dict]]:
+    """Yield ``(line_number, record)``; blank lines are skipped, anything else that is not a JSON object raises."""
+    for n, rec in iter_jsonl(path):
+        if isinstance(rec, RecordError):
+            raise rec
+        yield n, rec
 
 
 def load(path) -> list[dict]:
@@ -116,13 +126,21 @@ def run_stage(fn: Callable[[dict], dict], src, out, *, required=("question", "so
         out.unlink()
     out.parent.mkdir(parents=True, exist_ok=True)
     done = set(finished_ids(out))
-    items = [(n, r) for i, (n, r) in enumerate(read_jsonl(src)) if i % shard[1] == shard[0]]
-    result = StageResult(resumed=sum(1 for _, r in items if str(r["id"]) in done))
-    todo = [(n, r) for n, r in items if str(r["id"]) not in done]
-    with out.open("a", encoding="utf-8") as f, tqdm(total=len(todo), desc=desc or fn.__name__,
+    # records stream through one at a time, so a bad line stops the run only after everything before it is saved
+    mine = ((n, r) for i, (n, r) in enumerate(iter_jsonl(src)) if i % shard[1] == shard[0])
+    total = sum(1 for i, line in enumerate(l for l in src.open(encoding="utf-8") if l.strip())
+                if i % shard[1] == shard[0])
+    result = StageResult()
+    with out.open("a", encoding="utf-8") as f, tqdm(total=total, desc=desc or fn.__name__,
                                                       disable=not progress, unit="rec") as bar:
-        for n, rec in todo:
+        for n, rec in mine:
+            bar.update()
+            if isinstance(rec, dict) and str(rec["id"]) in done:
+                result.resumed += 1
+                continue
             try:
+                if isinstance(rec, RecordError):
+                    raise rec
                 require(rec, required, src, n)
                 new = fn(rec)
             except RecordError as e:
@@ -133,11 +151,9 @@ def run_stage(fn: Callable[[dict], dict], src, out, *, required=("question", "so
                 f.write(json.dumps(new, ensure_ascii=False) + "\n")
                 f.flush()
                 result.done += 1
-                bar.update()
                 continue
             if on_error == "stop":
                 raise err
             log.warning("skipped %s", err)
             result.skipped.append(str(err))
-            bar.update()
     return result

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -78,3 +79,37 @@ def top_fraction(scores: Sequence[float], k: int) -> list[int]:
 def random_selection(n_segments: int, k: int, seed: int | str) -> list[int]:
     """``k`` segments drawn uniformly without replacement, reproducibly from ``seed``."""
     return sorted(random.Random(str(seed)).sample(range(n_segments), min(max(k, 0), n_segments)))
+
+
+@dataclass
+class SelectConfig:
+    input: str = field(metadata={"positional": True, "help": "JSON Lines from `segkit attribute`"})
+    out: str = field(default="", metadata={"required": True, "help": "output JSON Lines"})
+    tau: float = field(default=TAU, metadata={"help": "cumulative strength to reach"})
+    beta: float = field(default=BETA, metadata={"help": "keep segments whose consistency is at most this"})
+    on_error: str = field(default="stop", metadata={"choices": ("stop", "skip"), "help": "on a bad record"})
+
+
+def select_record(rec: dict, tau: float = TAU, beta: float = BETA) -> dict:
+    if len(rec["strength"]) != len(rec["consistency"]):
+        raise ValueError("strength and consistency have different lengths")
+    return {**rec, "selected_spans_ids": select(rec["strength"], rec["consistency"], tau, beta),
+            "tau": tau, "beta": beta}
+
+
+def run_select(cfg: SelectConfig) -> str:
+    from .records import run_stage
+
+    n_sel, n_seg = [], []
+
+    def fn(rec):
+        out = select_record(rec, cfg.tau, cfg.beta)
+        n_sel.append(len(out["selected_spans_ids"]))
+        n_seg.append(len(rec["strength"]))
+        return out
+
+    res = run_stage(fn, cfg.input, cfg.out, required=("strength", "consistency"), desc="select",
+                    on_error=cfg.on_error, overwrite=True)
+    ratio = sum(n_sel) / max(sum(n_seg), 1)
+    return (f"{res.done} traces, {sum(n_sel)} of {sum(n_seg)} segments selected ({ratio:.0%}), "
+            f"tau={cfg.tau} beta={cfg.beta} -> {cfg.out}")

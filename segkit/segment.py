@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 import re
 from functools import lru_cache
+from dataclasses import dataclass, field
 from typing import Sequence
 
 Span = tuple[int, int]  # half-open [start, end)
@@ -92,3 +93,29 @@ def token_spans(offsets: Sequence[Span], spans: Sequence[Span]) -> list[Span]:
             t += 1
         result.append((t0, t))
     return result
+
+
+@dataclass
+class SegmentConfig:
+    input: str = field(metadata={"positional": True, "help": "JSON Lines with question, solution, answer"})
+    out: str = field(default="", metadata={"required": True, "help": "output JSON Lines"})
+    keywords: str = field(default="paper", metadata={"help": "keyword list: paper or retro"})
+    keyword: list[str] = field(default_factory=list, metadata={
+        "help": "your own keywords instead of a list (escapes like \\n\\n decoded), e.g. --keyword '\\n\\nWait'"})
+    on_error: str = field(default="stop", metadata={"choices": ("stop", "skip"), "help": "on a bad record"})
+
+
+def segment_record(rec: dict, keywords: str | Sequence[str] = "paper") -> dict:
+    if not isinstance(rec["solution"], str) or not rec["solution"].strip():
+        raise ValueError("empty solution")
+    return {**rec, "segments": segment(rec["solution"], keywords)}
+
+
+def run_segment(cfg: SegmentConfig) -> str:
+    from .records import run_stage
+
+    kw = cfg.keyword or cfg.keywords
+    resolve_keywords(kw)  # fail before reading
+    res = run_stage(lambda r: segment_record(r, kw), cfg.input, cfg.out, required=("solution",), desc="segment",
+                    on_error=cfg.on_error, overwrite=True)
+    return f"{res.done} traces segmented, {len(res.skipped)} skipped -> {cfg.out}"

