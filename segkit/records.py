@@ -7,6 +7,7 @@ stage loses nothing it finished and a rerun resumes where it stopped (records al
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -107,33 +108,97 @@ class StageResult:
     done: int = 0
     resumed: int = 0
     skipped: list[str] = field(default_factory=list)
+    skipped_ids: list[str] = field(default_factory=list)
+
+
+def rank_world() -> tuple[int, int]:
+    """This process's rank and the number of processes, as torchrun and ``accelerate launch`` set them."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def owner(record_id: str, world: int) -> int:
+    """The rank that processes a record: a hash of its id, so sharding does not depend on order or launch."""
+    return int(hashlib.sha1(str(record_id).encode()).hexdigest(), 16) % world
+
+
+def shard_path(out, rank: int, world: int) -> Path:
+    out = Path(out)
+    return out.with_name(f"{out.stem}.rank{rank}-of-{world}{out.suffix}")
 
 
 def run_stage(fn: Callable[[dict], dict], src, out, *, required=("question", "solution", "answer"),
               on_error: str = "stop", overwrite: bool = False, progress: bool = True, desc: str = "",
-              shard: tuple[int, int] = (0, 1)) -> StageResult:
+              world: tuple[int, int] | None = None) -> StageResult:
     """Apply ``fn`` to every record of ``src`` and append the results to ``out``.
 
     Records whose id is already in ``out`` are not recomputed (resume). A bad record (missing field, or ``fn``
     raising ``ValueError``) stops the run with ``file:line`` named (``on_error="stop"``) or is reported and
-    skipped (``"skip"``); either way what was written before stays. ``shard=(rank, world)`` processes the
-    records whose position modulo ``world`` is ``rank``.
+    skipped (``"skip"``); either way what was written before stays.
+
+    Under torchrun/accelerate (``world=(rank, n)``, default from the environment) each rank takes the records
+    whose id hashes to it, appends them to its own shard file (``OUT.rankR-of-N.jsonl``, resumable), and the
+    rank that finds every shard complete merges them into ``out`` in input order. A rank that died is simply
+    relaunched: it skips what its shard already holds.
     """
+    rank, n_ranks = world or rank_world()
+    src, out = Path(src), Path(out)
+    if overwrite and rank == 0:
+        for p in [out] + [shard_path(out, r, n_ranks) for r in range(n_ranks)]:
+            p.unlink(missing_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if n_ranks == 1:
+        return _run(fn, src, out, set(finished_ids(out)), lambda rec: True, required, on_error, progress, desc)
+    shard = shard_path(out, rank, n_ranks)
+    done = set(finished_ids(out)) | set(finished_ids(shard))
+    result = _run(fn, src, shard, done, lambda rec: owner(rec["id"], n_ranks) == rank, required, on_error,
+                  progress, desc or f"rank {rank}")
+    # skipped records are listed beside the shard, so the merging rank knows they will never come
+    _skipped_path(shard).write_text("".join(json.dumps(i) + "\n" for i in result.skipped_ids))
+    merge_shards(src, out, n_ranks)
+    return result
+
+
+def _skipped_path(shard: Path) -> Path:
+    return shard.with_name(shard.name + ".skipped")
+
+
+def merge_shards(src, out, n_ranks: int) -> bool:
+    """Merge the shard files into ``out`` in input order once they hold every record; False if not yet."""
+    src, out = Path(src), Path(out)
+    have: dict[str, str] = {}
+    for p in [out] + [shard_path(out, r, n_ranks) for r in range(n_ranks)]:
+        if p.exists():
+            with p.open(encoding="utf-8") as f:
+                for line in f:
+                    if line.strip():
+                        have.setdefault(str(json.loads(line)["id"]), line if line.endswith("\n") else line + "\n")
+    order = [str(r["id"]) for _, r in iter_jsonl(src) if isinstance(r, dict)]
+    skipped = set()
+    for r in range(n_ranks):
+        p = _skipped_path(shard_path(out, r, n_ranks))
+        if not p.exists():  # that rank has not finished (or died: relaunch it)
+            return False
+        skipped |= {str(json.loads(line)) for line in p.read_text().splitlines()}
+    if any(i not in have and i not in skipped for i in order):
+        return False
+    tmp = out.with_name(f"{out.name}.merge-{os.getpid()}.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.writelines(have[i] for i in order if i in have)
+    os.replace(tmp, out)  # atomic: a concurrent merge by another rank writes the same content
+    return True
+
+
+def _run(fn, src: Path, out: Path, done: set, mine: Callable[[dict], bool], required, on_error, progress,
+         desc) -> StageResult:
     from tqdm.auto import tqdm
 
-    src, out = Path(src), Path(out)
-    if overwrite and out.exists():
-        out.unlink()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    done = set(finished_ids(out))
     # records stream through one at a time, so a bad line stops the run only after everything before it is saved
-    mine = ((n, r) for i, (n, r) in enumerate(iter_jsonl(src)) if i % shard[1] == shard[0])
-    total = sum(1 for i, line in enumerate(l for l in src.open(encoding="utf-8") if l.strip())
-                if i % shard[1] == shard[0])
+    todo = ((n, r) for n, r in iter_jsonl(src) if not isinstance(r, dict) or mine(r))
     result = StageResult()
+    total = sum(1 for _, r in iter_jsonl(src) if not isinstance(r, dict) or mine(r))
     with out.open("a", encoding="utf-8") as f, tqdm(total=total, desc=desc or fn.__name__,
                                                       disable=not progress, unit="rec") as bar:
-        for n, rec in mine:
+        for n, rec in todo:
             bar.update()
             if isinstance(rec, dict) and str(rec["id"]) in done:
                 result.resumed += 1
@@ -156,4 +221,5 @@ def run_stage(fn: Callable[[dict], dict], src, out, *, required=("question", "so
                 raise err
             log.warning("skipped %s", err)
             result.skipped.append(str(err))
+            result.skipped_ids.append(str(rec["id"]) if isinstance(rec, dict) else f"line {n}")
     return result

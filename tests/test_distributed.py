@@ -1,0 +1,81 @@
+"""Multi-process runs under torchrun on this machine's CPU (2 processes, gloo)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from segkit.records import finished_ids, load, merge_shards, owner, run_stage, shard_path
+
+from conftest import SHORT
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+VOLATILE = {"attribution_seconds"}
+
+
+def records(n):
+    return [{**SHORT, "id": f"r{i}", "answer": str(i % 10), "segments": [f"Step {i}.", "\n\nWait, sure."]}
+            for i in range(n)]
+
+
+def strip(recs):
+    return [{k: v for k, v in r.items() if k not in VOLATILE} for r in recs]
+
+
+def test_sharding_is_by_id_and_covers_every_record():
+    ids = [f"r{i}" for i in range(200)]
+    ranks = [owner(i, 2) for i in ids]
+    assert set(ranks) == {0, 1} and 60 < ranks.count(0) < 140
+    assert ranks == [owner(i, 2) for i in ids]  # deterministic
+
+
+def test_relaunched_rank_neither_recomputes_nor_duplicates(tmp_path, write_jsonl):
+    src = write_jsonl("in.jsonl", records(12))
+    out = tmp_path / "out.jsonl"
+    calls = []
+
+    def fn(rec):
+        calls.append(rec["id"])
+        return {**rec, "done": True}
+
+    run_stage(fn, src, out, required=("id",), world=(0, 2), progress=False)
+    assert not out.exists()  # rank 1 has not run: nothing merged yet
+    mine1 = [r["id"] for r in load(src) if owner(r["id"], 2) == 1]
+    # rank 1 dies after two records; relaunched, it does only the rest, and the merge happens
+    shard1 = shard_path(out, 1, 2)
+    shard1.write_text("".join(json.dumps({"id": i, "done": True}) + "\n" for i in mine1[:2]))
+    calls.clear()
+    run_stage(fn, src, out, required=("id",), world=(1, 2), progress=False)
+    assert calls == mine1[2:]
+    assert finished_ids(out) == [f"r{i}" for i in range(12)]  # input order, each once
+    assert merge_shards(src, out, 2)  # idempotent
+
+
+def test_torchrun_attribution_equals_single_process(tmp_path, write_jsonl, tiny_model_dir):
+    src = write_jsonl("in.jsonl", records(6))
+    single, multi = tmp_path / "single.jsonl", tmp_path / "multi.jsonl"
+    args = ["attribute", str(src), "--model", str(tiny_model_dir), "--steps", "3", "--method", "gausslegendre"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "segkit", *args, "--out", str(single)], check=True, env=env,
+                   capture_output=True)
+    proc = subprocess.run([*TORCHRUN, "-m", "segkit", *args, "--out", str(multi)], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert {0, 1} <= {owner(f"r{i}", 2) for i in range(6)}  # both ranks had work
+    assert shard_path(multi, 0, 2).exists() and shard_path(multi, 1, 2).exists()
+    a, b = strip(load(single)), strip(load(multi))
+    assert [r["id"] for r in b] == [r["id"] for r in a]
+    assert all(close(ra, rb) for ra, rb in zip(a, b))
+
+
+def close(x, y, tol=1e-5):
+    """Equal records, floats to a relative tolerance (two processes may sum in another order)."""
+    if isinstance(x, dict):
+        return isinstance(y, dict) and x.keys() == y.keys() and all(close(x[k], y[k]) for k in x)
+    if isinstance(x, list):
+        return isinstance(y, list) and len(x) == len(y) and all(close(u, v) for u, v in zip(x, y))
+    if isinstance(x, float):
+        return abs(x - y) <= tol * max(abs(x), abs(y)) + 1e-8
+    return x == y
