@@ -28,7 +28,7 @@ report: install
 	$(VENV)/bin/segkit report
 
 test: install
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest tests --nbval-lax --nbval-current-env notebooks $(PYTEST_ARGS)
 
 lab: install
 	$(VENV)/bin/jupyter lab notebooks/

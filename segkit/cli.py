@@ -89,9 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg = cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
     t0 = time.perf_counter()
     from .records import RecordError
+    errors = (RecordError, FileNotFoundError, ValueError, OSError) + tuple(getattr(mod, "ERRORS", ()))
     try:
         summary = getattr(mod, fn_name)(cfg)
-    except (RecordError, FileNotFoundError, ValueError) as e:
+    except errors as e:
         print(f"segkit {args.command}: error: {e}", file=sys.stderr)
         return 2
     print(f"segkit {args.command}: {summary} ({time.perf_counter() - t0:.1f} s)")

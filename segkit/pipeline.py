@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -94,7 +95,9 @@ def attribute_traces(cfg: PipelineConfig, model: str | None = None, n: int | Non
     model = str(model or paths["attributor"])
     n = n or cfg.n_attribute
     name = Path(model).name if Path(model).exists() else model.replace("/", "_")
-    key = _key(synth=_synth_key(cfg), model=model, n=n, steps=cfg.ig_steps, method=cfg.ig_method,
+    # a local model is keyed by its path relative to workdir, so relative and absolute spellings share the cache
+    where = os.path.relpath(Path(model).resolve(), Path(cfg.workdir).resolve()) if Path(model).exists() else model
+    key = _key(synth=_synth_key(cfg), model=where, n=n, steps=cfg.ig_steps, method=cfg.ig_method,
                baseline=cfg.ig_baseline, target_error=cfg.target_error)
     root = Path(cfg.workdir) / f"attributed-{name}-{key}"
     root.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,308 @@
+"""The report pipeline: run the notebooks in order with papermill from one parameter file, render them to HTML.
+
+The parameter file (YAML, default ``notebooks/params/default.yaml``) has ``parameters`` shared by every notebook
+(each gets those its ``parameters`` cell declares) and ``runs``, the notebooks in order, each with its own
+``parameters`` on top; a notebook may run more than once under different names (01 with the testbed attributor
+and again with SmolLM2). For every run, ``OUT/NAME.ipynb`` (executed) and ``OUT/NAME.html`` are written, and
+``OUT/index.html`` links them with the parameters, package versions and run times.
+
+The pipeline's steps cache their outputs in ``WORKDIR/<parameter file stem>``; on top of that a run whose
+notebook, parameters and upstream runs are unchanged since its last successful execution is not executed again
+(segkit's own code is not part of that check: after changing it, ``rerun`` executes every notebook again over the
+cached steps). ``fresh`` deletes both caches first. A failing cell stops the run: the partial notebook (with the error) and its
+HTML are saved and the error is raised.
+
+    >>> run_report(ReportConfig(params="notebooks/params/default.yaml", out="reports", workdir="runs"))
+"""
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import os
+import platform
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import nbformat
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+DEFAULT_PARAMS = NOTEBOOKS / "params" / "default.yaml"
+# injected into every notebook that declares them, so that all runs of one parameter file share one work folder
+WORKDIR_PARAMS = {"workdir": "", "choice_file": "tau_beta.json"}
+PACKAGES = ("segkit", "torch", "transformers", "captum", "numpy", "pandas", "matplotlib", "seaborn", "sacrebleu",
+            "papermill", "nbconvert", "nbformat")
+
+
+@dataclass
+class ReportConfig:
+    params: str = field(default=str(DEFAULT_PARAMS), metadata={
+        "help": "YAML parameter file: 'parameters' for every notebook, 'runs' = the notebooks in order "
+                "(notebooks/params/full.yaml is the larger run)"})
+    out: str = field(default="reports", metadata={"help": "folder for the executed notebooks, HTML and index.html"})
+    workdir: str = field(default="runs", metadata={
+        "help": "folder for the pipeline's cached steps (a subfolder per parameter file)"})
+    notebooks: str = field(default=str(NOTEBOOKS), metadata={"help": "folder holding the notebooks"})
+    fresh: bool = field(default=False, metadata={
+        "help": "start over: delete this parameter file's work folder and executed notebooks first"})
+    rerun: bool = field(default=False, metadata={
+        "help": "execute every notebook again, reusing the pipeline's cached steps (e.g. after a code change)"})
+    only: list[str] = field(default_factory=list, metadata={
+        "help": "run only these runs (by name); the others keep their earlier outputs"})
+    show_code: bool = field(default=False, metadata={"help": "show code cells in the HTML (default: hidden)"})
+    kernel: str = field(default="", metadata={"help": "Jupyter kernel; empty: the one named in the notebook"})
+    cell_timeout: int = field(default=0, metadata={"help": "seconds one cell may run (0: no limit)"})
+
+
+class ReportError(RuntimeError):
+    """A notebook failed: which run, which cell, the error, and where the partial notebook was saved."""
+
+
+@dataclass
+class Run:
+    name: str
+    notebook: Path
+    title: str
+    parameters: dict
+
+
+def load_params(path, notebooks=NOTEBOOKS, workdir: Path | None = None) -> tuple[dict, list[Run]]:
+    """``(the YAML as read, the runs in order)``; each run's parameters are the shared ones its notebook declares,
+    then its own (which must all be declared: a typo fails here, not in the notebook), then the work folder."""
+    import papermill
+
+    path = Path(path)
+    spec = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(spec, dict) or not isinstance(spec.get("runs"), list) or not spec["runs"]:
+        raise ValueError(f"{path}: expected a mapping with a non-empty list 'runs' (and optionally 'parameters')")
+    shared = spec.get("parameters") or {}
+    workdir = Path(workdir if workdir is not None else Path("runs") / path.stem).resolve()
+    runs, names = [], set()
+    for i, item in enumerate(spec["runs"], 1):
+        if isinstance(item, str):
+            item = {"notebook": item}
+        nb = Path(notebooks) / item["notebook"]
+        if not nb.exists():
+            raise FileNotFoundError(f"{path}: run {i}: no notebook {nb}")
+        name = item.get("name", nb.stem)
+        if name in names:
+            raise ValueError(f"{path}: two runs are named {name!r}; give one a 'name'")
+        names.add(name)
+        declared = set(papermill.inspect_notebook(str(nb)))
+        own = item.get("parameters") or {}
+        unknown = set(own) - declared
+        if unknown:
+            raise ValueError(f"{path}: run {name!r}: {nb.name} has no parameters {sorted(unknown)}; "
+                             f"it declares {sorted(declared)}")
+        params = {k: v for k, v in shared.items() if k in declared} | own
+        for key, rel in WORKDIR_PARAMS.items():
+            if key in declared and key not in own:  # relative to the kernel's folder: no machine paths in reports
+                params[key] = os.path.relpath(workdir / rel if rel else workdir, nb.parent.resolve())
+        runs.append(Run(name, nb, item.get("title", name), params))
+    return spec, runs
+
+
+def fingerprint(run: Run, upstream: str = "") -> str:
+    """Changes when the notebook, its parameters or any earlier run changes (their outputs may feed this one)."""
+    h = hashlib.sha1(run.notebook.read_bytes())
+    h.update(json.dumps(run.parameters, sort_keys=True, default=str).encode())
+    h.update(upstream.encode())
+    return h.hexdigest()[:16]
+
+
+def _meta(path: Path) -> dict:
+    """What ``execute`` recorded in an executed notebook (fingerprint, status, seconds, ...); {} if none."""
+    return nbformat.read(path, as_version=4).metadata.get("segkit_report", {}) if path.exists() else {}
+
+
+def render_html(ipynb: Path, title: str, show_code: bool = False) -> Path:
+    """``ipynb`` as HTML next to it: words, tables and figures; code hidden unless ``show_code``; stream output
+    (progress bars, training logs, warnings) left out (the executed notebook keeps it)."""
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.read(ipynb, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = [o for o in cell.outputs if o.output_type != "stream"]
+    nb.metadata["title"] = title
+    exporter = HTMLExporter(exclude_input=not show_code, exclude_input_prompt=True, exclude_output_prompt=True)
+    body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": title}})
+    out = ipynb.with_suffix(".html")
+    out.write_text(body, encoding="utf-8")
+    return out
+
+
+def _cell_error(ipynb: Path) -> str:
+    """The first error in an executed notebook: ``cell N: Name: value`` and the traceback's last lines."""
+
+    nb = nbformat.read(ipynb, as_version=4)
+    for i, cell in enumerate(nb.cells):
+        for o in cell.get("outputs", []):
+            if o.output_type == "error":
+                tb = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(o.traceback)).strip().splitlines()
+                return f"cell {i} ({cell.source.splitlines()[0][:60]!r}...): {o.ename}: {o.evalue}\n" + \
+                    "\n".join(tb[-12:])
+    return "no error output found in the notebook"
+
+
+def execute(run: Run, out_dir: Path, cfg: ReportConfig, fp: str) -> float:
+    """Execute ``run`` into ``out_dir/NAME.ipynb`` (kernel started in the notebook's folder, as Jupyter and nbval
+    do, so relative paths mean the same everywhere); returns seconds. Raises ``ReportError`` on a failing cell."""
+    import papermill
+
+    target = out_dir / f"{run.name}.ipynb"
+    t0 = time.perf_counter()
+    extra = {"execution_timeout": cfg.cell_timeout} if cfg.cell_timeout else {}
+    try:
+        papermill.execute_notebook(str(run.notebook), str(target), parameters=run.parameters,
+                                   kernel_name=cfg.kernel or None, cwd=str(run.notebook.parent), progress_bar=True,
+                                   stderr_file=sys.stderr, **extra)
+        status = "ok"
+    except papermill.PapermillExecutionError:
+        status = "failed"
+    seconds = time.perf_counter() - t0
+    nb = nbformat.read(target, as_version=4)
+    pm = nb.metadata.get("papermill", {})
+    for key in ("input_path", "output_path"):  # the committed reports should not name this machine's folders
+        if key in pm:
+            pm[key] = _shown(Path(pm[key]))
+    nb.metadata["segkit_report"] = {"fingerprint": fp, "status": status, "seconds": round(seconds, 1),
+                                    "title": run.title, "parameters": run.parameters}
+    nbformat.write(nb, target)
+    render_html(target, run.title, cfg.show_code)
+    if status != "ok":
+        raise ReportError(f"{run.name} ({run.notebook.name}) failed at {_cell_error(target)}\n"
+                          f"partial notebook saved to {target} (and {target.with_suffix('.html')})")
+    return seconds
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for p in PACKAGES:
+        try:
+            out[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            out[p] = "not installed"
+    try:
+        import torch
+
+        out["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else \
+            f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    except ImportError:
+        pass
+    return out
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)} min {seconds % 60:02.0f} s" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the project when inside it (the index should not name this machine's folders)."""
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def write_index(out_dir: Path, params_path: Path, rows: list[dict], wall_seconds: float) -> Path:
+    """``index.html``: one line per run (status, time, links), then the parameter file and the versions."""
+    esc = html.escape
+    lines = []
+    for r in rows:
+        links = " ".join(f"<a href='{esc(f)}'>{kind}</a>" for kind, f in
+                         (("HTML", f"{r['name']}.html"), ("notebook", f"{r['name']}.ipynb"))
+                         if (out_dir / f).exists())
+        params = esc(json.dumps(r["parameters"], indent=1, default=str))
+        lines.append(f"<tr><td><a href='{esc(r['name'])}.html'>{esc(r['title'])}</a><details><summary>parameters"
+                     f"</summary><pre>{params}</pre></details></td><td><code>{esc(r['notebook'])}</code></td>"
+                     f"<td class='{esc(r['status'].split(' ')[0])}'>{esc(r['status'])}</td>"
+                     f"<td>{_minutes(r['seconds'])}</td><td>{links}</td></tr>")
+    vers = "".join(f"<tr><td>{esc(k)}</td><td>{esc(v)}</td></tr>" for k, v in versions().items())
+    page = f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>segkit report</title>
+<style>body {{font-family: sans-serif; max-width: 1140px; margin: 2em auto; line-height: 1.4}}
+table {{border-collapse: collapse}} td, th {{border: 1px solid #ccc; padding: 4px 10px; text-align: left;
+vertical-align: top; white-space: nowrap}} details pre {{font-size: 11px; margin: 4px 0}}
+.ok {{color: #2a7d2a}} .reused {{color: #2a5d8d}} .failed, .not-run {{color: #b22}}
+pre {{background: #f6f6f6; padding: 10px; overflow-x: auto}}</style></head><body>
+<h1>segkit report</h1>
+<p>Segment-level attribution for selective learning of long reasoning traces (Wang, Liu, Ren; ICLR 2026),
+reproduced with <code>segkit report</code>. Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.
+The notebooks took {_minutes(sum(r['seconds'] for r in rows))} (reused ones count the time of their run);
+this invocation took {_minutes(wall_seconds)}.</p>
+<h2>Notebooks</h2>
+<table><tr><th>run</th><th>notebook</th><th>status</th><th>time</th><th>files</th></tr>
+{''.join(lines)}</table>
+<h2>Parameters</h2><p>The parameter file <code>{esc(_shown(params_path))}</code> (each run's effective parameters
+are under its name above):</p>
+<pre>{esc(params_path.read_text())}</pre>
+<h2>Versions</h2><table>{vers}</table>
+</body></html>
+"""
+    path = out_dir / "index.html"
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+def run_report(cfg: ReportConfig) -> str:
+    """Run every notebook of the parameter file in order into ``cfg.out``; returns a one-line summary."""
+    from tqdm.auto import tqdm
+
+    params_path = Path(cfg.params)
+    if not params_path.exists():
+        raise FileNotFoundError(f"{params_path}: no such parameter file")
+    workdir = Path(cfg.workdir) / params_path.stem
+    _, runs = load_params(params_path, cfg.notebooks, workdir)
+    unknown = set(cfg.only) - {r.name for r in runs}
+    if unknown:
+        raise ValueError(f"--only: no runs named {sorted(unknown)}; the runs are {[r.name for r in runs]}")
+    out_dir = Path(cfg.out).resolve()
+    if cfg.fresh:
+        shutil.rmtree(workdir, ignore_errors=True)
+        for r in runs:
+            for suffix in (".ipynb", ".html"):
+                (out_dir / f"{r.name}{suffix}").unlink(missing_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    rows, upstream, t_start, error = [], "", time.perf_counter(), None
+    bar = tqdm(runs, desc="report", unit="notebook")
+    for run in bar:
+        bar.set_postfix_str(run.name)
+        fp = fingerprint(run, upstream)
+        upstream = fp
+        target = out_dir / f"{run.name}.ipynb"
+        row = {"name": run.name, "title": run.title, "notebook": run.notebook.name, "status": "not-run",
+               "seconds": 0.0, "parameters": run.parameters}
+        rows.append(row)
+        meta = _meta(target)
+        if error is not None or (cfg.only and run.name not in cfg.only):
+            if meta:
+                row.update(status=f"earlier run ({meta.get('status', '?')})", seconds=meta.get("seconds", 0.0))
+            continue
+        if not cfg.rerun and meta.get("fingerprint") == fp and meta.get("status") == "ok":
+            row.update(status="reused", seconds=meta.get("seconds", 0.0))
+            if not target.with_suffix(".html").exists():
+                render_html(target, run.title, cfg.show_code)
+            continue
+        try:
+            row.update(status="ok", seconds=execute(run, out_dir, cfg, fp))
+        except ReportError as e:
+            row.update(status="failed", seconds=0.0)
+            error = e
+    bar.close()
+    index = write_index(out_dir, params_path, rows, time.perf_counter() - t_start)
+    if error is not None:
+        raise error
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "reused")}
+    return (f"{counts['ok']} notebooks run, {counts['reused']} reused in {time.perf_counter() - t_start:.0f} s "
+            f"-> {index}")
+ERRORS = (ReportError,)  # errors `segkit report` prints as one line (segkit.cli)

@@ -1,0 +1,168 @@
+"""segkit.analysis on small inputs whose answers can be checked by hand, and on the tiny real-architecture model."""
+import math
+
+import matplotlib
+import pytest
+
+matplotlib.use("Agg")
+
+from segkit import analysis as A  # noqa: E402
+from segkit.attribute import attribute_record  # noqa: E402
+from segkit.segment import segment  # noqa: E402
+
+from conftest import SHORT  # noqa: E402
+
+
+def rec(strength, consistency, lengths, roles=None, effect=None, rid="t"):
+    """A hand-made attributed record: token attributions only matter through their counts here."""
+    r = {"id": rid, "question": "q", "answer": "1", "segments": [f"s{i} " for i in range(len(strength))],
+         "strength": strength, "consistency": consistency, "attributions": [[0.1] * n for n in lengths],
+         "tokens": [[f"t{i}_{k}" for k in range(n)] for i, n in enumerate(lengths)]}
+    if roles:
+        r["segment_roles"] = roles
+    if effect:
+        r["removal_effect"] = effect
+    return r
+
+
+# strengths 0.6, 0.3, 0.1: tau 0.5 keeps segment 0; tau 0.9 keeps 0 and 1. Consistency 0.5, 0.9, 0.2.
+HAND = rec([0.6, 0.3, 0.1], [0.5, 0.9, 0.2], [2, 3, 5], roles=["core", "repeat", "verify"],
+           effect=[-2.0, 0.0, -1.0])
+
+
+def test_strength_cdf_and_segments_needed():
+    cdf = A.strength_cdf([rec([0.2, 0.5, 0.3], [1, 1, 1], [1, 1, 1], rid="a"),
+                          rec([0.25, 0.25, 0.25, 0.25], [1] * 4, [1] * 4, rid="b")])
+    a = cdf[cdf.trace == "a"]
+    assert a["cumulative_strength"].round(6).tolist() == [0.5, 0.8, 1.0]  # strongest first
+    assert a["segment_fraction"].round(6).tolist() == [round(1 / 3, 6), round(2 / 3, 6), 1.0]
+    need = A.segments_needed(cdf, shares=(0.5, 0.7)).set_index("share").segment_fraction
+    assert need[0.5] == pytest.approx((1 / 3 + 2 / 4) / 2)  # a: 1 of 3 segments; b: 2 of 4
+    assert need[0.7] == pytest.approx((2 / 3 + 3 / 4) / 2)
+
+
+def test_precision_recall_by_hand():
+    got = A.precision_recall([True, True, False, False], [True, False, True, False])
+    assert (got["precision"], got["recall"], got["f1"]) == (0.5, 0.5, 0.5)
+    none = A.precision_recall([False, False], [True, False])
+    assert math.isnan(none["precision"]) and none["recall"] == 0 and none["f1"] == 0
+
+
+def test_grid_table_by_hand():
+    g = A.grid_table([HAND], taus=[0.5, 0.9], betas=[0.8, 1.0]).set_index(["tau", "beta"])
+    # tau 0.5, beta 0.8: segment 0 only (2 of 10 tokens); gap = mean(0, -1) - (-2) = 1.5; P 1, R 1/2
+    row = g.loc[(0.5, 0.8)]
+    assert (row.segment_ratio, row.token_ratio) == pytest.approx((1 / 3, 0.2))
+    assert row.confidence_gap == pytest.approx(1.5)
+    assert (row.precision, row.recall, row.f1) == pytest.approx((1.0, 0.5, 2 / 3))
+    # tau 0.9, beta 1.0: segments 0 and 1 (5 of 10 tokens); gap = -1 - mean(-2, 0) = 0; P 1/2, R 1/2
+    row = g.loc[(0.9, 1.0)]
+    assert (row.segment_ratio, row.token_ratio, row.confidence_gap) == pytest.approx((2 / 3, 0.5, 0.0))
+    assert (row.precision, row.recall) == pytest.approx((0.5, 0.5))
+    # tau 0.9, beta 0.8: segment 1 is strong but too consistent, so the same as tau 0.5
+    assert g.loc[(0.9, 0.8)].segment_ratio == pytest.approx(1 / 3)
+
+
+def test_choose_tau_beta_and_the_choice_file(tmp_path):
+    g = A.grid_table([HAND], taus=[0.5, 0.9], betas=[0.8, 1.0])
+    choice = A.choose_tau_beta(g)
+    assert (choice["tau"], choice["beta"]) == (0.5, 0.8)  # gap 1.5; ties with (0.9, 0.8) go to tau 0.5 (first)
+    assert A.choose_tau_beta(g, min_ratio=0.5)["beta"] == 1.0  # only the cells selecting 2 of 3 segments qualify
+    with pytest.raises(ValueError, match="no grid cell"):
+        A.choose_tau_beta(g, min_ratio=0.9)
+    path = A.save_choice(choice, tmp_path / "sub" / "choice.json")
+    assert A.load_choice(path)["tau"] == 0.5
+    assert A.load_choice(tmp_path / "missing.json")["tau"] == 0.7  # the paper's default
+
+
+def test_bleu_overlap_with_earlier_segments():
+    segs = ["the sum is five", "\n\nWait, the sum is five", "\n\nAlternatively multiply seven by three"]
+    got = A.bleu_overlap(segs)
+    assert math.isnan(got[0])  # nothing before the first segment
+    assert 0.5 < got[1] <= 1.0  # repeats the first segment (plus "Wait ,")
+    assert got[2] == 0.0  # shares no word with the earlier segments
+    assert A.bleu_overlap(["a b c d", "a b c d"])[1] == pytest.approx(1.0)
+
+
+def test_segment_table_groups_and_roles():
+    t = A.segment_table([HAND], tau=0.9, beta=0.8)
+    assert t.important.tolist() == [True, False, False]
+    assert t.group.tolist() == ["high strength, moderate consistency", "high strength, high consistency",
+                                "low strength, moderate consistency"]
+    assert t.useful.tolist() == [True, False, True]
+    assert t.removal_effect.tolist() == [-2.0, 0.0, -1.0]
+    by_group = A.removal_by_group(t).set_index("group")
+    assert by_group.loc["high strength, moderate consistency", "mean"] == -2.0
+
+
+def test_render_heatmap_shows_every_token_escaped():
+    r = rec([0.6, 0.4], [0.5, 0.9], [2, 1], roles=["core", "final"])
+    r["tokens"] = [["x", " <b>"], [" & y"]]
+    r["attributions"] = [[0.5, -0.25], [0.1]]
+    page = A.render_heatmap(r, tau=0.5, beta=0.8, scale_quantile=1.0)  # full colour at the largest |score|
+    assert "&lt;b&gt;" in page and "&amp; y" in page and "<b>" not in page.replace("<b>trace", "")
+    assert page.count("title='") == 3  # one hover score per token
+    assert "title='-0.2500'" in page and "rgba(31, 119, 180, 0.500)" in page  # negative: blue, half the max
+    assert "[0 core s=0.60 c=0.50 selected]" in page and "[1 final s=0.40 c=0.90]" in page
+
+
+def test_summarise_modes_mean_and_std():
+    import pandas as pd
+
+    t = pd.DataFrame({"mode": ["full", "full", "selective"], "seed": [0, 1, 0], "accuracy": [0.2, 0.4, 0.5],
+                      "mean_length": [10, 20, 30], "trained_token_fraction": [1.0, 1.0, 0.4]})
+    s = A.summarise_modes(t).set_index("mode")
+    assert s.loc["full", "accuracy_mean"] == pytest.approx(0.3)
+    assert s.loc["full", "accuracy_std"] == pytest.approx(0.1414, abs=1e-4)
+    assert s.loc["selective", "n_seeds"] == 1
+    text = A.summarise_modes(t, as_text=True).set_index("mode")
+    assert text.loc["full", "accuracy"] == "0.3 ± 0.14" and text.loc["selective", "accuracy"] == "0.5"
+
+
+def test_precision_recall_by_method_matches_the_rule():
+    recs = [HAND, rec([0.1, 0.7, 0.2], [0.3, 0.5, 0.9], [1, 1, 1], roles=["repeat", "core", "final"], rid="u")]
+    pr = A.precision_recall_by_method(recs, ["selective", "random", "strength-only"], tau=0.5, beta=0.8,
+                                      seeds=[0, 1]).set_index(["method", "seed"])
+    # the IG rule at tau 0.5: segment 0 of HAND (core) and segment 1 of u (core): 2 of 3 useful segments
+    assert pr.loc[("selective", 0), "precision"] == 1.0
+    assert pr.loc[("selective", 0), "recall"] == pytest.approx(2 / 3)
+    assert pr.loc[("random", 0), "n_selected"] == pr.loc[("random", 1), "n_selected"] == 2  # as many as IG
+    assert ("selective", 1) not in pr.index  # deterministic methods run once
+
+
+def test_plots_return_labelled_figures():
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+    recs = [HAND, {**HAND, "id": "t2", "strength": [0.2, 0.5, 0.3]}]
+    for r in recs:
+        r.update(segment_log_perplexity=[1.0, 2.0, 3.0], segment_entropy=[0.5, 0.6, 0.7], completeness_error=0.01,
+                 ig_steps=8, n_tokens=10)
+    table = A.segment_table(recs)
+    grid = A.grid_table(recs, [0.5, 0.9], [0.8, 1.0])
+    modes = pd.DataFrame({"mode": ["full", "selective"], "seed": [0, 0], "accuracy": [0.2, 0.3],
+                          "mean_length": [10, 12], "trained_token_fraction": [1.0, 0.5]})
+    figs = [A.plot_strength_consistency(table), A.plot_joint(table, beta=0.8),
+            A.plot_strength_cdf(A.strength_cdf(recs)), A.plot_removal_effect(table), A.plot_segment_features(table),
+            A.plot_completeness(A.completeness_table(recs)), A.plot_grid(grid, chosen=A.choose_tau_beta(grid)),
+            A.plot_modes(modes), A.plot_precision_recall(A.precision_recall_by_method(recs, tau=0.5))]
+    for fig in figs:
+        assert isinstance(fig, Figure)
+        main = [ax for ax in fig.axes if ax.get_visible() and ax.get_xlabel() and ax.get_ylabel()]
+        assert main, f"no labelled axes in {fig.axes}"
+
+
+def test_segment_removal_effect_on_the_tiny_model(tiny_model, smol_tokenizer):
+    r = {**SHORT, "segments": segment(SHORT["solution"])}  # three segments
+    effects = A.segment_removal_effect(tiny_model, smol_tokenizer, r)
+    full = A.answer_log_prob(tiny_model, smol_tokenizer, r["question"], r["segments"], r["answer"])
+    assert len(effects) == 3
+    for i, e in enumerate(effects):
+        rest = r["segments"][:i] + r["segments"][i + 1:]
+        assert e == pytest.approx(A.answer_log_prob(tiny_model, smol_tokenizer, r["question"], rest, "7") - full)
+        assert e != 0  # a real change in F, not a no-op
+    # F is the attribution target: the same number as attribute_record's f_input
+    attributed = attribute_record(tiny_model, smol_tokenizer, r, steps=2)
+    assert full == pytest.approx(attributed["f_input"], rel=1e-5)
+    # removing the only segment leaves nothing to condition on: NaN, not an error
+    assert math.isnan(A.segment_removal_effect(tiny_model, smol_tokenizer, {**r, "segments": ["3 + 4 = 7."]})[0])
