@@ -1,0 +1,247 @@
+"""The planted-role testbed: multi-step modular arithmetic problems and long traces whose segments have known roles.
+
+A problem defines variables (given numbers, derived ones, and distractors the answer does not use) and asks for one
+of them modulo ``modulus``. Its trace reads like a reasoning model's: a first segment that restates the goal and
+takes the first step, then segments opened by the paper's reflection keywords, each with a planted ``role``:
+
+    core        a step whose value the answer needs          verify      re-derives and confirms a needed value
+    correction  a wrong value, then the fix used later       repeat      restates values already found
+    truncated   an exploration that breaks off               distractor  work on values the answer does not use
+    final       the last segment: states \\boxed{answer}
+
+``segment_roles`` lines up one-to-one with ``segkit.segment.segment(solution)``; useful segments are those whose
+role is in ``USEFUL``. Train and test problems are split by a hash of the question, so they never share a problem.
+
+    >>> run_synth(SynthConfig(out="data/synth/train.jsonl", n=4000))
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass, field
+
+from .records import dump
+from .segment import segment
+
+ROLES = ("core", "verify", "correction", "repeat", "truncated", "distractor", "final")
+USEFUL = frozenset({"core", "verify", "correction"})
+REDUNDANT = ("verify", "repeat", "truncated", "distractor")  # roles drawn between steps (verify is useful but redundant)
+NAMES = tuple("bcdfghjkmnpqrstvwxyz")  # single letters that never stand for a word in the templates (no a, i, o...)
+OPS = {"+": lambda x, y, m: (x + y) % m, "-": lambda x, y, m: (x - y) % m, "*": lambda x, y, m: (x * y) % m}
+
+# every segment after the first opens with one of the paper's keywords (segment.KEYWORDS["paper"]); the opener is
+# drawn independently of the role, so the keyword alone does not give the role away
+OPENERS = ("\n\nWait,", "\n\nWait, next", "\n\nAlternatively,", "\n\nBut wait,", "\n\nBut alternatively,",
+           "\n\nBut just to be careful,", "\n\nHowever,", "\n\nNot sure yet, so", "\n\nGoing back,",
+           "\n\nBacktrack:", "\n\nTrace back:", "\n\nAnother step:")
+
+
+@dataclass
+class Var:
+    name: str
+    op: str | None          # None for a given number
+    args: tuple             # operands: variable names (str) or literals (int)
+    value: int
+
+
+@dataclass
+class Problem:
+    variables: dict[str, Var]
+    needed: list[str]       # derived variables the answer needs, in the order the trace computes them
+    distractors: list[str]
+    order: list[str]        # order of the definitions in the question
+    target: str
+    modulus: int
+
+    def expr(self, v: Var) -> str:
+        return f" {v.args[0]} {v.op} {v.args[1]}"
+
+    def subst(self, v: Var) -> str:
+        return " " + f" {v.op} ".join(str(a if isinstance(a, int) else self.variables[a].value) for a in v.args)
+
+    def label(self, name: str) -> str:
+        """Needed steps are numbered ("Step 2: f = d + 4."): the trace finds the next step by its number, a
+        look-up a small model learns quickly, where "the variable after the last one computed" is not."""
+        return f"Step {self.needed.index(name) + 1}:" if name in self.needed else "Let"
+
+    def question(self) -> str:
+        defs = " ".join(f"{self.label(n)} {n} ={self.expr(v) if v.op else ' ' + str(v.value)}."
+                        for n, v in ((n, self.variables[n]) for n in self.order))
+        return f"{defs} Working modulo {self.modulus}, what is {self.target}?"
+
+
+@dataclass
+class SynthConfig:
+    out: str = field(metadata={"required": True, "help": "output JSON Lines (LIMO schema plus segment_roles)"})
+    n: int = field(default=4000, metadata={"help": "number of problems"})
+    seed: int = field(default=0, metadata={"help": "random seed (same seed, same bytes)"})
+    split: str = field(default="train", metadata={"choices": ["train", "test"],
+                                                  "help": "which side of the hash split of questions"})
+    test_fraction: float = field(default=0.1, metadata={"help": "share of the problem space that belongs to test"})
+    steps: int = field(default=5, metadata={"help": "derived variables the answer needs (chain length)"})
+    distractors: int = field(default=2, metadata={"help": "variables defined in the question but not needed"})
+    order: str = field(default="chain", metadata={"choices": ["chain", "shuffled"],
+                                                  "help": "order of the definitions in the question"})
+    modulus: int = field(default=10, metadata={"help": "all arithmetic is modulo this"})
+    ops: str = field(default="+-*", metadata={"help": "operations the definitions use, among + - *"})
+    redundant: float = field(default=1.6, metadata={"help": "mean number of redundant segments before each step"})
+    correction_rate: float = field(default=0.15, metadata={"help": "share of steps taken wrongly, then fixed"})
+    mix: str = field(default="verify=1,repeat=1,truncated=1,distractor=1",
+                     metadata={"help": "relative rates of the redundant roles"})
+
+
+def parse_mix(mix: str) -> dict[str, float]:
+    try:
+        rates = {k.strip(): float(v) for k, v in (item.split("=") for item in mix.split(",") if item.strip())}
+    except ValueError:
+        raise ValueError(f"mix {mix!r}: expected role=rate pairs such as 'verify=1,repeat=2'") from None
+    unknown = set(rates) - set(REDUNDANT)
+    if unknown or not any(r > 0 for r in rates.values()) or any(r < 0 for r in rates.values()):
+        raise ValueError(f"mix {mix!r}: rates must be >= 0, not all 0, for roles among {REDUNDANT}")
+    return rates
+
+
+def make_problem(rng: random.Random, cfg: SynthConfig) -> Problem:
+    """Two given numbers, a chain of ``steps`` derived variables (each uses the one before), and distractors."""
+    m, ops = cfg.modulus, tuple(cfg.ops)
+    names = rng.sample(NAMES, 2 + cfg.steps + cfg.distractors)
+    variables: dict[str, Var] = {}
+
+    def define(name, op, args):
+        vals = [a if isinstance(a, int) else variables[a].value for a in args]
+        variables[name] = Var(name, op, tuple(args), OPS[op](vals[0], vals[1], m) if op else vals[0])
+
+    givens, derived, extra = names[:2], names[2:2 + cfg.steps], names[2 + cfg.steps:]
+    for g in givens:
+        define(g, None, (rng.randrange(1, m),))
+    order = list(givens)
+    prev = None
+    for i, d in enumerate(derived):
+        if i == 0:
+            args = (givens[0], givens[1])
+        else:
+            other = rng.choice([rng.randrange(1, m), rng.choice(givens + derived[:i - 1] or givens)])
+            args = (prev, other)
+        define(d, rng.choice(ops), args)
+        order.append(d)
+        prev = d
+    # a distractor is read by nothing needed. Its first operand is never a needed derived variable, so "the
+    # definition whose first operand is the variable just found" names the next step without ambiguity; in chain
+    # order it comes after the first step and after its operands, at a random place
+    for j, e in enumerate(extra):
+        first = rng.choice(givens + extra[:j])
+        define(e, rng.choice(ops), (first, rng.choice([rng.randrange(1, m), rng.choice(order)])))
+        first_ok = max([order.index(derived[0])] + [order.index(a) for a in variables[e].args if isinstance(a, str)])
+        order.insert(rng.randint(first_ok + 1, len(order)), e)
+    if cfg.order == "shuffled":
+        rng.shuffle(order)
+    return Problem(variables, list(derived), list(extra), order, derived[-1], m)
+
+
+def _step(p: Problem, v: Var) -> str:
+    # the value sits right after "name =", as in the question, so reading a value is one look-up by name
+    return f"{v.name} ={p.expr(v)} ={p.subst(v)}, so {v.name} = {v.value}."
+
+
+def _segment_text(rng: random.Random, p: Problem, role: str, done: list[str], nxt: str | None) -> str:
+    """The body of one segment (after its opener) for ``role``; ``done`` = needed variables computed so far."""
+    V = p.variables
+    if role == "core":
+        return f" {rng.choice(('', 'now ', 'on to '))}step {p.needed.index(nxt) + 1}: " + _step(p, V[nxt])
+    if role == "correction":
+        v = V[nxt]
+        wrong = rng.choice([x for x in range(p.modulus) if x != v.value])
+        return (f" step {p.needed.index(nxt) + 1}: {v.name} ={p.expr(v)} ={p.subst(v)}, so {v.name} = {wrong}. No, that is wrong:{p.subst(v)} ="
+                f" {v.value}, so {v.name} = {v.value}.")
+    if role == "verify":
+        v = V[rng.choice(done)]
+        return f" let me check {v.name}. {_step(p, v)} Yes."
+    if role == "repeat":
+        said = sorted(rng.sample(done, min(len(done), rng.randint(1, 3))), key=done.index)
+        return " we have " + " and ".join(f"{n} = {V[n].value}" for n in said) + "."
+    if role == "truncated":
+        v = V[rng.choice([nxt] if nxt else done)]
+        words = f"maybe {v.name} ={p.expr(v)} ={p.subst(v)}".split(" ")
+        return " " + " ".join(words[:rng.randint(3, len(words) - 1)])  # breaks off: no value, no period
+    if role == "distractor":
+        # only a distractor whose needed operands are already known: the trace never shows a value early
+        ready = [e for e in p.distractors
+                 if all(isinstance(a, int) or a in done or a not in p.needed for a in V[e].args)]
+        if ready:
+            return " " + rng.choice(("", "also ")) + _step(p, V[rng.choice(ready)])
+        a, b = rng.sample(done, 2) if len(done) > 1 else (done[0], done[0])
+        return f" also {a} + {b} = {V[a].value} + {V[b].value} = {(V[a].value + V[b].value) % p.modulus}."
+    raise ValueError(f"unknown role {role!r}")
+
+
+def make_trace(rng: random.Random, p: Problem, cfg: SynthConfig, mix: dict[str, float]) -> tuple[str, list[str]]:
+    """``(solution, segment_roles)``: the first segment restates the goal and takes the first step."""
+    first = p.variables[p.needed[0]]
+    segments = [f"We need {p.target} modulo {p.modulus}. Start with step 1: {_step(p, first)}"]
+    roles, done = ["core"], [p.needed[0]]
+    kinds, weights = zip(*mix.items())
+
+    def redundant(nxt):
+        count = 0
+        while rng.random() < cfg.redundant / (1 + cfg.redundant):  # geometric with mean cfg.redundant
+            count += 1
+        for _ in range(count):
+            role = rng.choices(kinds, weights)[0]
+            segments.append(rng.choice(OPENERS) + _segment_text(rng, p, role, done, nxt))
+            roles.append(role)
+
+    for name in p.needed[1:]:
+        redundant(name)
+        role = "correction" if rng.random() < cfg.correction_rate else "core"
+        segments.append(rng.choice(OPENERS) + _segment_text(rng, p, role, done, name))
+        roles.append(role)
+        done.append(name)
+    redundant(None)
+    ans = p.variables[p.target].value
+    segments.append(f"\n\nGoing back, {p.target} = {ans}. So, the final answer is \\boxed{{{ans}}}.")
+    roles.append("final")
+    return "".join(segments), roles
+
+
+def in_split(question: str, split: str, test_fraction: float) -> bool:
+    """Train/test membership from the question text alone, so two files never share a problem."""
+    bucket = int(hashlib.sha256(question.encode()).hexdigest()[:8], 16) / 16 ** 8
+    return (bucket < test_fraction) == (split == "test")
+
+
+def generate(cfg: SynthConfig) -> list[dict]:
+    if cfg.split not in ("train", "test"):
+        raise ValueError(f"split must be train or test, not {cfg.split!r}")
+    if cfg.steps < 1 or cfg.modulus < 2 or not 0 < cfg.test_fraction < 1:
+        raise ValueError("need steps >= 1, modulus >= 2 and 0 < test_fraction < 1")
+    if not cfg.ops or set(cfg.ops) - set(OPS):
+        raise ValueError(f"ops {cfg.ops!r}: use some of {''.join(OPS)}")
+    if 2 + cfg.steps + cfg.distractors > len(NAMES):
+        raise ValueError(f"steps + distractors must be at most {len(NAMES) - 2} (one letter per variable)")
+    mix = parse_mix(cfg.mix)
+    rng = random.Random(f"synth:{cfg.seed}:{cfg.split}")
+    records, seen, tries = [], set(), 0
+    while len(records) < cfg.n:
+        tries += 1
+        if tries > 200 * cfg.n + 1000:
+            raise ValueError(f"only {len(records)} distinct {cfg.split} problems found; make the problems larger")
+        p = make_problem(rng, cfg)
+        q = p.question()
+        if q in seen or not in_split(q, cfg.split, cfg.test_fraction):
+            continue
+        seen.add(q)
+        solution, roles = make_trace(rng, p, cfg, mix)
+        assert len(segment(solution)) == len(roles)  # the planted roles are only worth anything if this holds
+        records.append({"id": f"synth-{cfg.split}-{len(records):05d}", "question": q, "solution": solution,
+                        "answer": str(p.variables[p.target].value), "segment_roles": roles})
+    return records
+
+
+def run_synth(cfg: SynthConfig) -> str:
+    records = generate(cfg)
+    dump(records, cfg.out)
+    n_seg = sum(len(r["segment_roles"]) for r in records)
+    useful = sum(x in USEFUL for r in records for x in r["segment_roles"])
+    words = sum(len(r["solution"].split()) for r in records)
+    return (f"wrote {len(records)} {cfg.split} problems to {cfg.out}: {n_seg / len(records):.1f} segments and "
+            f"{words / len(records):.0f} words per trace, {useful / n_seg:.0%} of segments useful")
