@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -241,8 +242,10 @@ def run_train(cfg: TrainConfig) -> str:
     if not examples:
         raise ValueError(f"no example has a token to train on (mode {cfg.mode}, {stats['n_skipped']} skipped)")
     steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
+    # under torchrun/accelerate on CPU-only machines DDP needs the gloo backend (nccl is for GPUs)
+    multi_cpu = int(os.environ.get("WORLD_SIZE", 1)) > 1 and not torch.cuda.is_available()
     args = TrainingArguments(
-        output_dir=cfg.out, num_train_epochs=cfg.epochs, learning_rate=cfg.lr,
+        ddp_backend="gloo" if multi_cpu else None, output_dir=cfg.out, num_train_epochs=cfg.epochs, learning_rate=cfg.lr,
         per_device_train_batch_size=cfg.batch_size, lr_scheduler_type="cosine",
         warmup_steps=max(1, int(0.05 * steps_per_epoch * cfg.epochs)), weight_decay=0.01, max_grad_norm=1.0,
         adam_beta2=0.98,  # short runs: the second moment has to follow the early, fast-falling gradients
@@ -252,15 +255,18 @@ def run_train(cfg: TrainConfig) -> str:
                       data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100))
     result = trainer.train()
     out = Path(cfg.out)
-    trainer.save_model(str(out))
-    tokenizer.save_pretrained(str(out))
+    trainer.save_model(str(out))  # writes on the main process only, under torchrun/accelerate too
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(str(out))
     summary = {
         "mode": cfg.mode, "init": cfg.init, "n_records": stats["n_records"], "n_examples": len(examples),
         "n_skipped": stats["n_skipped"], "n_truncated": stats["n_truncated"],
         "trained_token_fraction": stats["trained_tokens"] / max(stats["trace_tokens"], 1),
         "train_loss": float(result.training_loss), "seconds": round(time.perf_counter() - t0, 1),
         "n_params": sum(p.numel() for p in model.parameters()), "config": asdict(cfg)}
-    (out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if trainer.is_world_process_zero():
+        summary["world_size"] = args.world_size
+        (out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return (f"{cfg.mode}: {len(examples)} examples ({stats['n_skipped']} skipped, {stats['n_truncated']} truncated), "
             f"{summary['trained_token_fraction']:.0%} of trace tokens trained, loss {summary['train_loss']:.3f} "
             f"-> {out}")

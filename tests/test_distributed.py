@@ -79,3 +79,22 @@ def close(x, y, tol=1e-5):
     if isinstance(x, float):
         return abs(x - y) <= tol * max(abs(x), abs(y)) + 1e-8
     return x == y
+
+
+def test_torchrun_training_saves_a_model_that_loads(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from segkit.synth import SynthConfig, run_synth
+
+    data, out = tmp_path / "train.jsonl", tmp_path / "model"
+    run_synth(SynthConfig(out=str(data), n=24, seed=3))
+    cmd = [*TORCHRUN, "-m", "segkit", "train", str(data), "--out", str(out), "--epochs", "1", "--batch-size", "4",
+           "--mode", "full"]
+    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["n_examples"] == 24
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    assert model.get_input_embeddings().num_embeddings >= len(tok)
