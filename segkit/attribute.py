@@ -2,32 +2,45 @@
 
 The model reads ``prompt + trace + "</think> So, the final answer is \\boxed{ANSWER}"`` (three parts tokenized
 separately, ids concatenated). The target F is the summed log-probability of the answer tokens inside
-``\\boxed{}``; IG integrates dF/d(embedding) from a baseline (pad-token embeddings) to the input with captum,
-sums over the embedding dimension and divides by the L2 norm over the sequence: one score per token.
+``\\boxed{}``. IG integrates dF/d(embedding) along the straight path from a baseline x' to the input x,
+
+    IG_t = (x_t - x'_t) . integral_0^1 dF/dx_t (x' + alpha (x - x')) d alpha  ~  sum_j w_j integrand_t(alpha_j),
+
+sums over the embedding dimension and divides by the L2 norm over the sequence: one score per token. By
+completeness, sum_t IG_t = F(x) - F(x'); ``completeness_error`` is how far the quadrature is from that.
+
+The paper's scheme is ``--method paper --baseline pad --steps 50 --target-error 0``: pad at every position,
+alphas = linspace(0, 1, 50) with weights 1/50. The default is the trace-only pad baseline with adaptive
+Gauss-Legendre quadrature refined until completeness_error <= 0.05: the evidence is in
+reports/benchmark_attribution.md.
 
     >>> model, tok = load_model("smollm2-135m-instruct")
     >>> rec = attribute_record(model, tok, {"question": ..., "answer": "42", "segments": [...]})
-    >>> rec["strength"], rec["consistency"], rec["completeness_error"]
+    >>> rec["strength"], rec["consistency"], rec["completeness_error"], rec["target_error_met"]
 """
 from __future__ import annotations
 
-import dataclasses
-import math
+import contextlib
+import copy
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
+import numpy as np
 import torch
-from captum.attr import IntegratedGradients
 from captum.attr._utils.approximation_methods import approximation_parameters
 
 from . import prompt as P
 from .models import pad_token_id
-from .score import consistency, strength
+from .score import BETA, TAU, consistency, select, strength
 from .segment import char_spans, token_spans
 
-METHODS = ("paper", "gausslegendre", "riemann_trapezoid", "riemann_middle", "riemann_left", "riemann_right")
-BASELINES = ("pad", "pad-trace", "zero")
+METHODS = ("adaptive", "paper", "gausslegendre", "riemann_trapezoid", "riemann_middle", "riemann_left",
+           "riemann_right")
+BASELINES = ("pad-trace", "pad", "zero")
+TARGET_ERROR = 0.05  # the adaptive scheme's default completeness error
+NODES = 4            # Gauss-Legendre nodes per interval of the adaptive scheme
 
 
 @dataclass
@@ -68,35 +81,49 @@ def assemble(tokenizer, question: str, segments: Sequence[str], answer: str,
     )
 
 
-def schedule(method: str, steps: int) -> tuple[list[float], list[float]]:
-    """``(step_sizes, alphas)`` of the integration scheme; ``paper`` is linspace(0, 1, J) with weights 1/J."""
-    if method == "paper":
-        return [1.0 / steps] * steps, torch.linspace(0, 1, steps).tolist()
-    if method not in METHODS:
-        raise ValueError(f"unknown IG method {method!r}; choose from {METHODS}")
-    sizes, alphas = approximation_parameters(method)
-    return list(sizes(steps)), list(alphas(steps))
-
-
 class AnswerLogProb(torch.nn.Module):
-    """F(embeddings) = sum of log p(answer token | prefix), computing logits only where the answer is predicted."""
+    """F(embeddings) = sum of log p(answer token | prefix).
 
-    def __init__(self, model, input_ids: torch.Tensor, targets: torch.Tensor):
+    Only what can change F is computed: positions from the last answer token on are not read, logits are computed
+    only where an answer token is predicted (the full ``(T, V)`` logits and their log-softmax were a fifth of the
+    paper loop's time), and a ``prefix`` that is the same at every point of the path (the prompt, with the trace-only
+    baseline) is run once: its keys and values are reused, and no gradient flows into it.
+    """
+
+    def __init__(self, model, input_ids: torch.Tensor, targets: torch.Tensor, prefix: torch.Tensor | None = None,
+                 autocast: bool = False):
         super().__init__()
-        self.model = model
-        T = input_ids.shape[0]
-        self.keep = T - int(targets.min()) + 1              # last `keep` positions hold every predicting position
-        self.rows = (targets - 1) - (T - self.keep)         # (A,) rows of the kept logits that predict the answer
-        self.answer_ids = input_ids[targets]                # (A,)
+        self.model, self.autocast = model, autocast
+        self.n_tokens = int(targets.max())                   # model input: positions [0, n_tokens)
+        self.keep = self.n_tokens - int(targets.min()) + 1   # the last `keep` positions predict every answer token
+        self.rows = (targets - 1) - (self.n_tokens - self.keep)  # (A,) rows of the kept logits that predict them
+        self.answer_ids = input_ids[targets]                 # (A,)
+        self.start, self.cache = 0, None
+        if prefix is not None and prefix.shape[1] > 0:       # (1, P, H)
+            with torch.no_grad(), self._autocast(prefix):
+                self.cache = model(inputs_embeds=prefix.to(model.dtype), use_cache=True).past_key_values
+            self.start = prefix.shape[1]
+
+    def _autocast(self, embeds):
+        return torch.autocast(embeds.device.type, dtype=torch.bfloat16, enabled=self.autocast)
 
     def forward(self, embeds: torch.Tensor) -> torch.Tensor:  # (B, T, H) -> (B,)
-        logits = self.model(inputs_embeds=embeds, use_cache=False, logits_to_keep=self.keep).logits  # (B, keep, V)
-        logp = torch.log_softmax(logits[:, self.rows].float(), dim=-1)                              # (B, A, V)
+        embeds = embeds[:, self.start:self.n_tokens].to(self.model.dtype)
+        cache = None
+        if self.cache is not None:  # the model appends to the cache: each batch gets its own copy
+            cache = copy.deepcopy(self.cache)
+            cache.batch_repeat_interleave(len(embeds))
+        with self._autocast(embeds):
+            logits = self.model(inputs_embeds=embeds, past_key_values=cache, use_cache=cache is not None,
+                                logits_to_keep=self.keep).logits                                    # (B, keep, V)
+        logp = torch.log_softmax(logits[:, self.rows].float(), dim=-1)                            # (B, A, V)
         return logp.gather(-1, self.answer_ids.view(1, -1, 1).expand(len(embeds), -1, 1)).sum((1, 2))
 
 
 def baseline_embeds(embeds: torch.Tensor, pad_embed: torch.Tensor, kind: str, trace: tuple[int, int]):
-    """The IG starting point: pad embeddings everywhere (``pad``), over the trace only (``pad-trace``), or zeros."""
+    """The IG starting point: pad embeddings over the trace only (``pad-trace``), at every position (``pad``, the
+    paper's), or zeros. ``pad`` also replaces the chat template and the first token, an attention sink: F jumps
+    and oscillates along that path and the quadrature does not converge (reports/benchmark_attribution.md)."""
     if kind == "pad":
         return pad_embed.expand_as(embeds).clone()
     if kind == "pad-trace":
@@ -108,72 +135,243 @@ def baseline_embeds(embeds: torch.Tensor, pad_embed: torch.Tensor, kind: str, tr
     raise ValueError(f"unknown baseline {kind!r}; choose from {BASELINES}")
 
 
-def integrated_gradients(F: AnswerLogProb, x: torch.Tensor, x0: torch.Tensor, method: str, steps: int,
-                         batch_size: int) -> torch.Tensor:
-    """Raw per-token IG ``(T,)``: captum's IG over the scheme's points, ``batch_size`` points per pass."""
-    ig = IntegratedGradients(F, multiply_by_inputs=True)
-    sizes, alphas = schedule(method, steps)
-    total = torch.zeros_like(x, dtype=torch.float32)
-    # IG is a weighted sum over path points, so chunks of points add up exactly
-    for i in range(0, steps, batch_size):
-        chunk = (sizes[i:i + batch_size], alphas[i:i + batch_size])
-        (part,) = ig._attribute(inputs=(x,), baselines=(x0,), n_steps=len(chunk[0]), method=method,
-                                step_sizes_and_alphas=chunk)
-        total += part.float()
-    return total[0].sum(-1)  # (T,)
+class Path:
+    """The straight line x' + alpha (x - x') from the baseline to the input, evaluated ``batch_size`` points at a
+    time (IG is a weighted sum over points, so any batching gives the same result)."""
+
+    def __init__(self, F: AnswerLogProb, x: torch.Tensor, x0: torch.Tensor, batch_size: int):
+        self.F, self.x0, self.batch_size = F, x0, batch_size
+        self.delta = x - x0                                   # (1, T, H)
+
+    def _points(self, alphas: Sequence[float]):
+        a = torch.tensor(alphas, dtype=torch.float32, device=self.x0.device)
+        for chunk in a.split(self.batch_size) if len(a) else ():
+            yield self.x0 + chunk.view(-1, 1, 1) * self.delta  # (B, T, H)
+
+    @torch.no_grad()
+    def value(self, alphas: Sequence[float]) -> torch.Tensor:
+        """F at each alpha ``(n,)``: forward passes only."""
+        return torch.cat([self.F(e).cpu() for e in self._points(alphas)] or [torch.zeros(0)])
+
+    def integrand(self, alphas: Sequence[float]) -> torch.Tensor:
+        """``(n, T)``: dF/dx_t . (x_t - x'_t) at each alpha; a row sums to dF/d alpha there."""
+        out = []
+        for e in self._points(alphas):
+            e.requires_grad_(True)
+            (g,) = torch.autograd.grad(self.F(e).sum(), e)  # weights are frozen: only input gradients are computed
+            out.append((g * self.delta).sum(-1).cpu())
+        return torch.cat(out)
+
+
+def schedule(method: str, steps: int) -> tuple[list[float], list[float]]:
+    """``(weights, alphas)`` of a fixed scheme; ``paper`` is linspace(0, 1, J) with weights 1/J (both end points
+    at full weight: its error shrinks only as 1/J even for a smooth path)."""
+    if method == "paper":
+        return [1.0 / steps] * steps, torch.linspace(0, 1, steps).tolist()
+    if method not in METHODS or method == "adaptive":
+        raise ValueError(f"unknown fixed IG scheme {method!r}; choose from {METHODS[1:]}")
+    sizes, alphas = approximation_parameters(method)
+    return list(sizes(steps)), list(alphas(steps))
+
+
+def gauss_legendre(a: float, b: float, n: int) -> tuple[list[float], list[float]]:
+    """``(weights, alphas)`` of the n-point Gauss-Legendre rule on [a, b]."""
+    t, w = np.polynomial.legendre.leggauss(n)
+    return ((b - a) / 2 * w).tolist(), ((b - a) / 2 * t + (a + b) / 2).tolist()
+
+
+@dataclass(eq=False)
+class Interval:
+    a: float
+    b: float
+    fa: float
+    fb: float
+    ig: torch.Tensor | None = None  # (T,) this interval's share of the attributions
+
+    @property
+    def gap(self) -> float:
+        """The interval's own completeness gap: its quadrature of dF/d alpha minus F(b) - F(a)."""
+        return float(self.ig.sum()) - (self.fb - self.fa)
+
+
+def adaptive_ig(path: Path, f0: float, f1: float, steps: int, target_error: float, max_steps: int):
+    """Composite Gauss-Legendre that places its points where F changes fast.
+
+    [0, 1] starts as ``steps // NODES`` equal intervals of ``NODES`` points each. An interval's own completeness gap
+    (its quadrature of dF/d alpha minus F(b) - F(a)) is its exact share of the completeness error, so while that
+    error is above ``target_error`` the intervals with the largest gaps are halved (one forward pass for F at the
+    midpoint, ``NODES`` new gradient points per half); the others keep their points. Returns ``(T,)`` raw
+    attributions and the number of gradient points used.
+    """
+    n = min(NODES, steps)
+    edges = np.linspace(0, 1, max(1, steps // n) + 1).tolist()
+    f = [f0, *path.value(edges[1:-1]).tolist(), f1]
+    todo = [Interval(a, b, fa, fb) for a, b, fa, fb in zip(edges, edges[1:], f, f[1:])]
+    done: list[Interval] = []
+    used, allowed = 0, target_error * abs(f1 - f0)
+    while True:
+        rules = [gauss_legendre(iv.a, iv.b, n) for iv in todo]
+        values = path.integrand([a for _, alphas in rules for a in alphas]).split(n)  # one (n, T) per interval
+        for iv, (w, _), v in zip(todo, rules, values):
+            iv.ig = torch.tensor(w) @ v
+        done += todo
+        used += n * len(todo)
+        total = sum(iv.gap for iv in done)
+        if not target_error or abs(total) <= allowed:
+            break
+        # halve the fewest intervals, largest gaps first, that leave the others' summed gap within half the allowed
+        # error (a halved interval's new gap is typically far smaller): halving all offenders overshot the target
+        worst, rest = [], total
+        for iv in sorted(done, key=lambda iv: -abs(iv.gap)):
+            if abs(rest) <= allowed / 2:
+                break
+            worst.append(iv)
+            rest -= iv.gap
+        worst = worst[:(max_steps - used) // (2 * n)]
+        if not worst:  # the cap is reached
+            break
+        mids = path.value([(iv.a + iv.b) / 2 for iv in worst]).tolist()
+        done = [iv for iv in done if iv not in worst]
+        todo = [half for iv, fm in zip(worst, mids) for half in
+                (Interval(iv.a, (iv.a + iv.b) / 2, iv.fa, fm), Interval((iv.a + iv.b) / 2, iv.b, fm, iv.fb))]
+    return sum(iv.ig for iv in done), used
+
+
+def completeness_error(raw: torch.Tensor, f_in: float, f_base: float) -> float:
+    return abs(float(raw.sum()) - (f_in - f_base)) / max(abs(f_in - f_base), 1e-12)
 
 
 @torch.no_grad()
 def token_surprise(model, input_ids: torch.Tensor, trace: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per trace token: negative log-probability and predictive entropy (nats), from one forward pass."""
-    logits = model(input_ids=input_ids[None].to(model.device), use_cache=False).logits[0].float()  # (T, V)
-    logp = torch.log_softmax(logits[trace[0] - 1:trace[1] - 1], -1)                               # (n, V)
+    ids = input_ids[:trace[1]][None].to(model.device)  # logits only where a trace token is predicted
+    logits = model(input_ids=ids, use_cache=False, logits_to_keep=trace[1] - trace[0] + 1).logits[0, :-1]  # (n, V)
+    logp = torch.log_softmax(logits.float(), -1)
     nll = -logp.gather(-1, input_ids[trace[0]:trace[1], None].to(logp.device))[:, 0]
     entropy = -(logp.exp() * logp).sum(-1)
     return nll.cpu(), entropy.cpu()
 
 
-def auto_batch_size(model, n_tokens: int, steps: int) -> int:
-    """Path points per pass: bounded by a rough activation budget (1 GiB on CPU, a quarter of free GPU memory)."""
-    cfg = model.config
-    hidden = getattr(cfg, "hidden_size", 512)
-    layers = getattr(cfg, "num_hidden_layers", 12)
-    per_point = 4 * n_tokens * hidden * layers * 16  # bytes kept for backward, ~16 floats per hidden unit and layer
-    if model.device.type == "cuda":
-        budget = torch.cuda.mem_get_info(model.device)[0] // 4
-    else:
-        budget = 1 << 30
-    return max(1, min(steps, budget // max(per_point, 1)))
+def activation_bytes(F: AnswerLogProb, x: torch.Tensor) -> tuple[float, int]:
+    """``(F(x), bytes)``: one forward pass at the input that also measures what one path point keeps for the
+    backward pass (the tensors autograd saves, weights excluded), so batches are sized from the model at hand."""
+    weights = {p.untyped_storage().data_ptr() for p in F.model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        if s.data_ptr() not in weights:
+            saved[s.data_ptr()] = s.nbytes()
+        return t
+
+    e = x.clone().requires_grad_(True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        f = F(e)
+    return float(f[0].detach()), sum(saved.values())
 
 
-def attribute_record(model, tokenizer, rec: dict, *, steps: int = 50, method: str = "paper",
-                     baseline: str = "pad", pad_id: int | None = None, batch_size: int | None = None,
-                     target_error: float | None = None, max_steps: int = 512,
-                     answer_template: str = P.ANSWER_TEMPLATE) -> dict:
-    """Attribute one record (needs ``question``, ``answer``, ``segments``); returns it with the IG fields added."""
+def memory_budget(device: torch.device) -> int:
+    """Bytes the path points of one batch may keep: half the free GPU memory (the backward pass needs about as much
+    again), or a quarter of the available RAM."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] // 2
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+
+
+CPU_BATCH_TOKENS = 2048  # on CPU, batches beyond ~2k tokens are no faster per point (benchmark: batch size table)
+
+
+def auto_batch_size(device: torch.device, n_tokens: int, point_bytes: int) -> tuple[int, bool]:
+    """``(path points per pass, gradient checkpointing)``. GPUs take as many points as memory allows; when fewer
+    than two fit, layers are recomputed in the backward pass instead of stored (about a third more compute). On CPU,
+    matrix products are already efficient at a few thousand tokens, so the batch stops there."""
+    fits = memory_budget(device) // max(point_bytes, 1)
+    if device.type != "cuda":
+        return max(1, min(fits, CPU_BATCH_TOKENS // n_tokens)), False
+    if fits >= 2:
+        return fits, False
+    return max(1, fits * 8), True  # checkpointing keeps about an eighth: each layer's input, not its internals
+
+
+@contextlib.contextmanager
+def gradient_checkpointing(model, enabled: bool):
+    """Hugging Face's per-layer activation checkpointing, on for the duration. It only acts on layers in training
+    mode, so the layers themselves (not their dropouts, which stay off) are flagged as training meanwhile; the hook
+    it adds to make input embeddings require gradients is removed (our path points already do)."""
+    if not enabled:
+        yield
+        return
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    model.activation_checkpointing_enable()
+    model.disable_input_require_grads()
+    for m in layers:
+        m.training = True
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.training = False
+        model.activation_checkpointing_disable()
+
+
+def cpu_threads() -> int:
+    """Torch threads for a CPU run: the cores that other processes leave idle (1-minute load average), at least one.
+    A thread sharing its core with another busy process stalls every parallel operation of the pass: on a loaded
+    2-core machine, one thread ran 3x faster than two (reports/benchmark_attribution.md)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cores, round(cores - os.getloadavg()[0])))
+
+
+def attribute_record(model, tokenizer, rec: dict, *, steps: int = 16, method: str = "adaptive",
+                     baseline: str = "pad-trace", pad_id: int | None = None, batch_size: int | None = None,
+                     target_error: float | None = None, max_steps: int = 128, autocast: bool = False,
+                     checkpointing: bool | None = None, answer_template: str = P.ANSWER_TEMPLATE) -> dict:
+    """Attribute one record (needs ``question``, ``answer``, ``segments``); returns it with the IG fields added.
+
+    ``target_error`` (default: TARGET_ERROR for ``adaptive``, none for fixed schemes): the adaptive scheme refines
+    where the error is made; a fixed scheme doubles J; both stop at ``max_steps`` gradient points and record
+    ``target_error_met``. ``batch_size`` and ``checkpointing`` default to ``auto_batch_size``.
+    """
     t_start = time.perf_counter()
     a = assemble(tokenizer, rec["question"], rec["segments"], rec["answer"], answer_template)
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit and len(a.input_ids) > limit:
         raise ValueError(f"input of {len(a.input_ids)} tokens (trace {a.trace[1] - a.trace[0]}) is longer than "
                          f"the model's context of {limit}")
+    if target_error is None and method == "adaptive":
+        target_error = TARGET_ERROR
     device = model.device
     ids = a.input_ids.to(device)
     emb = model.get_input_embeddings()
     with torch.no_grad():
-        x = emb(ids)[None]                                              # (1, T, H)
+        # the path is built in float32 whatever the model's dtype; F casts each point to it
+        x = emb(ids[:int(a.targets.max())])[None].float()                                # (1, n_tokens, H)
         pad = emb(torch.tensor([pad_id if pad_id is not None else pad_token_id(tokenizer)], device=device))[0]
+        pad = pad.float()
     x0 = baseline_embeds(x, pad, baseline, a.trace)
-    F = AnswerLogProb(model, ids, a.targets.to(device))
-    with torch.no_grad():
-        f_in, f_base = F(torch.cat([x, x0])).tolist()
-    J = steps
-    while True:
-        raw = integrated_gradients(F, x, x0, method, J, batch_size or auto_batch_size(model, len(ids), J)).cpu()
-        err = abs(float(raw.sum()) - (f_in - f_base)) / max(abs(f_in - f_base), 1e-12)
-        if target_error is None or err <= target_error or J * 2 > max_steps:
-            break
-        J *= 2
+    same = int((x0[0] != x[0]).any(-1).int().argmax())  # the path starts to differ from the input here
+    F = AnswerLogProb(model, ids, a.targets.to(device), prefix=x[:, :same], autocast=autocast)
+    f_in, point_bytes = activation_bytes(F, x)
+    auto_batch, auto_ckpt = auto_batch_size(device, F.n_tokens - F.start, point_bytes)
+    checkpointing = auto_ckpt if checkpointing is None else checkpointing
+    if checkpointing:  # Hugging Face's checkpointed layers drop the cache: the prompt is run at every point
+        F = AnswerLogProb(model, ids, a.targets.to(device), autocast=autocast)
+    path = Path(F, x, x0, batch_size or auto_batch)
+    f_base = float(path.value([0.0])[0])
+    with gradient_checkpointing(model, checkpointing):
+        if method == "adaptive":
+            raw, J = adaptive_ig(path, f_base, f_in, steps, target_error or 0.0, max_steps)
+        else:
+            J = steps
+            while True:
+                w, alphas = schedule(method, J)
+                raw = torch.tensor(w) @ path.integrand(alphas)
+                if not target_error or completeness_error(raw, f_in, f_base) <= target_error or 2 * J > max_steps:
+                    break
+                J *= 2
+    err = completeness_error(raw, f_in, f_base)
     norm = float(raw.norm())
     scores = raw / norm if norm > 0 else raw
     per_segment = [scores[s:e].tolist() for s, e in a.segments]
@@ -192,9 +390,16 @@ def attribute_record(model, tokenizer, rec: dict, *, steps: int = 50, method: st
         ig_steps=J, ig_method=method, ig_baseline=baseline, n_tokens=len(ids),
         attribution_seconds=time.perf_counter() - t_start,
     )
-    if target_error is not None:
+    if target_error:
         out["target_error_met"] = err <= target_error
     return out
+
+
+def selection_agreement(a: dict, b: dict, tau: float = TAU, beta: float = BETA) -> float:
+    """Jaccard similarity of the segments ``segkit.score.select`` picks from two attributions of one trace (say at J
+    and 2J steps): 1 when the selection does not change. Two empty selections agree."""
+    sa, sb = (set(select(r["strength"], r["consistency"], tau, beta)) for r in (a, b))
+    return len(sa & sb) / len(sa | sb) if sa | sb else 1.0
 
 
 @dataclass
@@ -203,20 +408,28 @@ class AttributeConfig:
     out: str = field(default="", metadata={"required": True, "help": "output JSON Lines (appended; resumable)"})
     model: str = field(default="smollm2-135m-instruct",
                        metadata={"help": "hub id, local folder, .gguf file or alias smollm2-135m-instruct"})
-    steps: int = field(default=50, metadata={"help": "IG steps J (starting J with --target-error)"})
-    method: str = field(default="paper", metadata={"choices": METHODS,
-                        "help": "integration scheme: paper = linspace(0,1,J) with weights 1/J; others are captum's"})
-    baseline: str = field(default="pad", metadata={"choices": BASELINES,
-                          "help": "pad at every position (the paper's), pad over the trace only, or zeros"})
+    steps: int = field(default=16, metadata={"help": "IG steps J (with adaptive: the starting points, 4 per "
+                                             "interval)"})
+    method: str = field(default="adaptive", metadata={"choices": METHODS,
+                        "help": "integration scheme: adaptive = Gauss-Legendre refined where the completeness "
+                                "error is made; paper = linspace(0,1,J) with weights 1/J; others are captum's"})
+    baseline: str = field(default="pad-trace", metadata={"choices": BASELINES,
+                          "help": "pad over the trace only, pad at every position (the paper's), or zeros"})
     pad_token: str = field(default="", metadata={"help": "token standing in for pad (default: the tokenizer's pad, "
                                                  "else its eos)"})
-    batch_size: int = field(default=0, metadata={"help": "path points per forward/backward pass (0: auto)"})
-    target_error: float = field(default=0.0, metadata={"help": "double J until completeness_error <= this "
-                                                       "(0: off)"})
-    max_steps: int = field(default=512, metadata={"help": "cap on J for --target-error"})
+    batch_size: int = field(default=0, metadata={"help": "path points per forward/backward pass (0: auto, from "
+                                                 "memory)"})
+    target_error: float | None = field(default=None, metadata={
+        "help": f"completeness error to reach (default {TARGET_ERROR} for adaptive, none for fixed schemes, which "
+                f"double J until it is met; 0: off). Paper reproduction: --method paper --baseline pad --steps 50"})
+    max_steps: int = field(default=128, metadata={"help": "cap on gradient points when refining"})
     answer_template: str = field(default=P.ANSWER_TEMPLATE, metadata={"help": "answer string; ANSWER is replaced"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, mps"})
     dtype: str = field(default="float32", metadata={"help": "float32, bfloat16, float16 or auto"})
+    autocast: bool = field(default=False, metadata={"help": "bf16 autocast of the matrix products (GPU speed-up; "
+                                                    "less exact: check completeness_error)"})
+    threads: int = field(default=0, metadata={"help": "CPU threads for torch (0: the cores other processes leave "
+                                              "idle)"})
     on_error: str = field(default="stop", metadata={"choices": ("stop", "skip"),
                           "help": "on a bad record: stop naming file:line, or report it and go on"})
     overwrite: bool = field(default=False, metadata={"help": "start OUT afresh instead of resuming"})
@@ -227,10 +440,12 @@ def run_attribute(cfg: AttributeConfig) -> str:
     from .records import run_stage
 
     model, tok = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    if model.device.type == "cpu":
+        torch.set_num_threads(cfg.threads or cpu_threads())
     pad = pad_token_id(tok, cfg.pad_token or None)
     opts = dict(steps=cfg.steps, method=cfg.method, baseline=cfg.baseline, pad_id=pad,
-                batch_size=cfg.batch_size or None, target_error=cfg.target_error or None, max_steps=cfg.max_steps,
-                answer_template=cfg.answer_template)
+                batch_size=cfg.batch_size or None, target_error=cfg.target_error, max_steps=cfg.max_steps,
+                autocast=cfg.autocast, answer_template=cfg.answer_template)
     res = run_stage(lambda r: attribute_record(model, tok, r, **opts), cfg.input, cfg.out, desc="attribute",
                     required=("question", "answer", "segments"), on_error=cfg.on_error, overwrite=cfg.overwrite)
     return f"{res.done} attributed, {res.resumed} already done, {len(res.skipped)} skipped -> {cfg.out}"
