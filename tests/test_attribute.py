@@ -43,7 +43,8 @@ def assert_same_paper_output(model, tokenizer, rec, steps, tol=1e-4, **kw):
     got = flat(out)
     assert got.shape == expect.shape
     assert float((got - expect).norm() / expect.norm()) < tol
-    assert out["attribution_sum"] == pytest.approx(float(raw.sum()), rel=tol)
+    # the sum can nearly cancel (SmolLM2 at J=2: -0.011 out of an L1 mass of ~10), so compare it to the mass
+    assert abs(out["attribution_sum"] - float(raw.sum())) <= tol * float(raw.abs().sum())
     assert out["ig_steps"] == steps and out["attribution_seconds"] > 0
     assert "target_error_met" not in out  # a fixed scheme is not refined unless asked
 
