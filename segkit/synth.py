@@ -25,7 +25,7 @@ from .segment import segment
 
 ROLES = ("core", "verify", "correction", "repeat", "truncated", "distractor", "final")
 USEFUL = frozenset({"core", "verify", "correction"})
-REDUNDANT = ("verify", "repeat", "truncated", "distractor")  # roles drawn between steps (verify is useful but redundant)
+REDUNDANT = ("verify", "repeat", "truncated", "distractor")  # drawn between steps (verify: useful, yet redundant)
 NAMES = tuple("bcdfghjkmnpqrstvwxyz")  # single letters that never stand for a word in the templates (no a, i, o...)
 OPS = {"+": lambda x, y, m: (x + y) % m, "-": lambda x, y, m: (x - y) % m, "*": lambda x, y, m: (x * y) % m}
 
@@ -60,8 +60,8 @@ class Problem:
         return " " + f" {v.op} ".join(str(a if isinstance(a, int) else self.variables[a].value) for a in v.args)
 
     def label(self, name: str) -> str:
-        """Needed steps are numbered ("Step 2: f = d + 4."): the trace finds the next step by its number, a
-        look-up a small model learns quickly, where "the variable after the last one computed" is not."""
+        """Needed steps are numbered ("Step 2: f = d + 4."), so the next step is found by its number rather than
+        by tracking "the variable after the last one computed" through the redundant segments in between."""
         return f"Step {self.needed.index(name) + 1}:" if name in self.needed else "Let"
 
     def question(self) -> str:
@@ -78,13 +78,13 @@ class SynthConfig:
     split: str = field(default="train", metadata={"choices": ["train", "test"],
                                                   "help": "which side of the hash split of questions"})
     test_fraction: float = field(default=0.1, metadata={"help": "share of the problem space that belongs to test"})
-    steps: int = field(default=5, metadata={"help": "derived variables the answer needs (chain length)"})
-    distractors: int = field(default=2, metadata={"help": "variables defined in the question but not needed"})
+    steps: int = field(default=3, metadata={"help": "derived variables the answer needs (chain length)"})
+    distractors: int = field(default=1, metadata={"help": "variables defined in the question but not needed"})
     order: str = field(default="chain", metadata={"choices": ["chain", "shuffled"],
                                                   "help": "order of the definitions in the question"})
     modulus: int = field(default=10, metadata={"help": "all arithmetic is modulo this"})
     ops: str = field(default="+-*", metadata={"help": "operations the definitions use, among + - *"})
-    redundant: float = field(default=1.6, metadata={"help": "mean number of redundant segments before each step"})
+    redundant: float = field(default=2.0, metadata={"help": "mean number of redundant segments before each step"})
     correction_rate: float = field(default=0.15, metadata={"help": "share of steps taken wrongly, then fixed"})
     mix: str = field(default="verify=1,repeat=1,truncated=1,distractor=1",
                      metadata={"help": "relative rates of the redundant roles"})
@@ -125,9 +125,8 @@ def make_problem(rng: random.Random, cfg: SynthConfig) -> Problem:
         define(d, rng.choice(ops), args)
         order.append(d)
         prev = d
-    # a distractor is read by nothing needed. Its first operand is never a needed derived variable, so "the
-    # definition whose first operand is the variable just found" names the next step without ambiguity; in chain
-    # order it comes after the first step and after its operands, at a random place
+    # a distractor is read by nothing needed and reads no needed step first; in chain order it comes after the
+    # first step and after its operands, at a random place
     for j, e in enumerate(extra):
         first = rng.choice(givens + extra[:j])
         define(e, rng.choice(ops), (first, rng.choice([rng.randrange(1, m), rng.choice(order)])))
@@ -151,8 +150,8 @@ def _segment_text(rng: random.Random, p: Problem, role: str, done: list[str], nx
     if role == "correction":
         v = V[nxt]
         wrong = rng.choice([x for x in range(p.modulus) if x != v.value])
-        return (f" step {p.needed.index(nxt) + 1}: {v.name} ={p.expr(v)} ={p.subst(v)}, so {v.name} = {wrong}. No, that is wrong:{p.subst(v)} ="
-                f" {v.value}, so {v.name} = {v.value}.")
+        return (f" step {p.needed.index(nxt) + 1}: {v.name} ={p.expr(v)} ={p.subst(v)}, so {v.name} = {wrong}."
+                f" No, that is wrong:{p.subst(v)} = {v.value}, so {v.name} = {v.value}.")
     if role == "verify":
         v = V[rng.choice(done)]
         return f" let me check {v.name}. {_step(p, v)} Yes."

@@ -173,9 +173,9 @@ class TrainConfig:
     init: str = field(default="scratch", metadata={"help": "checkpoint folder, hub id or alias to fine-tune; "
                                                            "'scratch' builds a testbed tokenizer and model"})
     size: str = field(default="tiny", metadata={"choices": list(MODEL_SIZES), "help": "model size for scratch"})
-    epochs: float = field(default=6.0, metadata={"help": "training epochs"})
+    epochs: float = field(default=3.0, metadata={"help": "training epochs"})
     lr: float = field(default=3e-3, metadata={"help": "peak learning rate (cosine decay, 5%% warmup)"})
-    batch_size: int = field(default=16, metadata={"help": "examples per optimisation step"})
+    batch_size: int = field(default=8, metadata={"help": "examples per optimisation step"})
     max_length: int = field(default=1024, metadata={"help": "examples are cut to this many tokens"})
     seed: int = field(default=0, metadata={"help": "seed for initialisation, shuffling and the random mode"})
     tau: float = field(default=TAU, metadata={"help": "cumulative strength share for strength-only"})
@@ -245,11 +245,12 @@ def run_train(cfg: TrainConfig) -> str:
     # under torchrun/accelerate on CPU-only machines DDP needs the gloo backend (nccl is for GPUs)
     multi_cpu = int(os.environ.get("WORLD_SIZE", 1)) > 1 and not torch.cuda.is_available()
     args = TrainingArguments(
-        ddp_backend="gloo" if multi_cpu else None, output_dir=cfg.out, num_train_epochs=cfg.epochs, learning_rate=cfg.lr,
-        per_device_train_batch_size=cfg.batch_size, lr_scheduler_type="cosine",
+        ddp_backend="gloo" if multi_cpu else None, output_dir=cfg.out, num_train_epochs=cfg.epochs,
+        learning_rate=cfg.lr, per_device_train_batch_size=cfg.batch_size, lr_scheduler_type="cosine",
         warmup_steps=max(1, int(0.05 * steps_per_epoch * cfg.epochs)), weight_decay=0.01, max_grad_norm=1.0,
         adam_beta2=0.98,  # short runs: the second moment has to follow the early, fast-falling gradients
-        seed=cfg.seed, data_seed=cfg.seed, train_sampling_strategy="group_by_length", logging_steps=max(1, steps_per_epoch // 4),
+        seed=cfg.seed, data_seed=cfg.seed, train_sampling_strategy="group_by_length",
+        logging_steps=max(1, steps_per_epoch // 4),
         save_strategy="no", report_to=[], disable_tqdm=True, dataloader_pin_memory=False)
     trainer = Trainer(model=model, args=args, train_dataset=examples, processing_class=tokenizer,
                       data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100))

@@ -1,4 +1,4 @@
-"""Label masks per mode (checked by decoding the trained tokens), skipping of all-masked examples, a real Trainer run."""
+"""Label masks per mode (checked by decoding the trained tokens), all-masked examples skipped, a real Trainer run."""
 import json
 import logging
 import math
@@ -130,13 +130,12 @@ def test_trainer_run_saves_a_loadable_model(records, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     data = tmp_path / "data.jsonl"
-    dump([dict(records[0], selected_spans_ids=[])] + records[1:16], data)
+    dump([dict(r, selected_spans_ids=[0] if i else []) for i, r in enumerate(records[:16])], data)
     out = tmp_path / "model"
-    cfg = TrainConfig(data=str(data), out=str(out), mode="selective", epochs=1, batch_size=8,
-                      always_keep=["last"])
-    assert "selective" in run_train(cfg)
+    cfg = TrainConfig(data=str(data), out=str(out), mode="selective", epochs=1, batch_size=8, always_keep=[])
+    assert "selective: 15 examples (1 skipped" in run_train(cfg)  # the first record has nothing to train
     summary = json.loads((out / "train_summary.json").read_text())
-    assert summary["n_examples"] == 16 and summary["n_skipped"] == 0 and math.isfinite(summary["train_loss"])
+    assert summary["n_examples"] == 15 and summary["n_skipped"] == 1 and math.isfinite(summary["train_loss"])
     assert 0 < summary["trained_token_fraction"] < 1
     model = AutoModelForCausalLM.from_pretrained(str(out))
     tok = AutoTokenizer.from_pretrained(str(out))
