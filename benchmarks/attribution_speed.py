@@ -1,0 +1,350 @@
+"""Attribution benchmark: the paper's IG loop against `segkit attribute`, on the same models, traces and machine.
+
+A command, not a test (`make bench`). It measures, in one process:
+  1. the paper's settings (pad baseline, linspace(0, 1, 50), weights 1/50): a faithful re-implementation of the
+     paper's loop (one interpolation point per pass, full logits) against segkit with the same settings: equal
+     attributions, time per trace and per step, and where each spends its time (profile);
+  2. segkit's default settings against the paper's: time, completeness error, and agreement of the selected
+     segments with a high-step reference (and between J and 2J);
+  3. how the cost grows with trace length (256 to 4096 tokens, a few steps each), with J and with the batch size,
+     and what thread settings do on this machine; peak memory.
+Writes the tables into reports/benchmark_attribution.md and prints them.
+
+    python benchmarks/attribution_speed.py               # about 20 minutes on 2 CPU cores
+    python benchmarks/attribution_speed.py --traces 20 --smol-traces 8 --lengths 256 1024 4096 16384
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path as FsPath
+
+import torch
+
+from segkit import attribute as A
+from segkit.models import load_model, pad_token_id
+from segkit.score import select
+from segkit.segment import segment
+from segkit.synth import SynthConfig, generate
+
+ROOT = FsPath(__file__).resolve().parents[1]
+SMOL = "smollm2-135m-instruct"
+MARKER = "<!-- tables below: written by benchmarks/attribution_speed.py -->"
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# the paper's loop, written from its description
+
+
+def paper_loop(model, tokenizer, rec: dict, steps: int = 50) -> torch.Tensor:
+    """The paper's IG: one interpolation point per forward/backward pass, full (T, V) logits, alphas =
+    linspace(0, 1, J), mean gradient times (x - x'), pad embedding at every position. Raw scores ``(T,)``."""
+    a = A.assemble(tokenizer, rec["question"], rec["segments"], rec["answer"])
+    emb = model.get_input_embeddings()
+    x = emb(a.input_ids)[None].detach()
+    x0 = emb(torch.tensor([pad_token_id(tokenizer)]))[0].detach().expand_as(x)
+    grads = torch.zeros_like(x)
+    for alpha in torch.linspace(0, 1, steps):
+        e = (x0 + alpha * (x - x0)).requires_grad_(True)
+        logp = torch.log_softmax(model(inputs_embeds=e).logits[0].float(), -1)
+        f = logp[a.targets - 1, a.input_ids[a.targets]].sum()
+        grads += torch.autograd.grad(f, e)[0]
+    return (grads / steps * (x - x0))[0].sum(-1)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# traces, models, measuring
+
+
+def testbed_records(n: int, seed: int = 0, **synth) -> list[dict]:
+    """Testbed traces (`segkit synth`, test split), segmented."""
+    recs = generate(SynthConfig(out="", n=n, seed=seed, split="test", **synth))
+    return [{**r, "segments": segment(r["solution"])} for r in recs]
+
+
+def record_of_length(tokenizer, n_tokens: int, seed: int = 0) -> dict:
+    """A testbed record whose model input is about ``n_tokens`` tokens: a very long synth trace cut at segment
+    boundaries, keeping its final segment (which states the answer)."""
+    (rec,) = testbed_records(1, seed=seed, steps=16, redundant=60)
+    segs, q = rec["segments"], rec["question"]
+    base = len(A.assemble(tokenizer, q, [segs[-1]], rec["answer"]).input_ids)
+    kept, total = [], base
+    for s in segs[:-1]:
+        cost = len(tokenizer(s, add_special_tokens=False)["input_ids"])
+        if total + cost > n_tokens:
+            break
+        kept.append(s)
+        total += cost
+    return {**rec, "segments": kept + [segs[-1]], "solution": "".join(kept + [segs[-1]])}
+
+
+def testbed_model(path: FsPath) -> str:
+    """The testbed attributor: a tiny Qwen2 trained on full synth traces (`segkit train`), trained once here."""
+    if not (path / "train_summary.json").exists():
+        data = path.parent / "train.jsonl"
+        subprocess.run([sys.executable, "-m", "segkit", "synth", "--out", str(data), "--n", "600"], check=True)
+        subprocess.run([sys.executable, "-m", "segkit", "train", str(data), "--out", str(path), "--epochs", "2",
+                        "--threads", str(A.cpu_threads())], check=True)
+    return str(path)
+
+
+class PeakRSS:
+    """Peak resident memory above the level at entry, sampled every 5 ms (CPU: torch has no allocator counter)."""
+
+    def __enter__(self):
+        self.base = self.peak = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _sample(self):
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self._rss())
+
+    @property
+    def mib(self) -> float:
+        return (self.peak - self.base) / 2 ** 20
+
+
+def timed(fn, *args, threads: int | None = None, **kw):
+    if threads:
+        torch.set_num_threads(threads)
+    t = time.perf_counter()
+    with PeakRSS() as mem:
+        out = fn(*args, **kw)
+    return out, time.perf_counter() - t, mem.mib
+
+
+def segkit_path(model, tok, rec: dict, baseline: str = "pad", batch_size: int | None = None) -> A.Path:
+    """The path `attribute_record` integrates along, with its automatic batch size."""
+    a = A.assemble(tok, rec["question"], rec["segments"], rec["answer"])
+    F = A.AnswerLogProb(model, a.input_ids, a.targets)
+    emb = model.get_input_embeddings()
+    x = emb(a.input_ids[:F.n_tokens])[None].detach()
+    x0 = A.baseline_embeds(x, emb.weight[pad_token_id(tok)].detach(), baseline, a.trace)
+    _, point_bytes = A.activation_bytes(F, x)
+    return A.Path(F, x, x0, batch_size or A.auto_batch_size(x.device, F.n_tokens, point_bytes)[0])
+
+
+def steps_time(fn, k: int, repeats: int = 2, threads: int | None = None) -> float:
+    """Seconds per step of ``fn(k)`` (k steps), the best of ``repeats`` runs."""
+    return min(timed(fn, k, threads=threads)[1] for _ in range(repeats)) / k
+
+
+def flat(rec: dict) -> torch.Tensor:
+    return torch.tensor([v for seg in rec["attributions"] for v in seg])
+
+
+def jaccard(a, b) -> float:
+    a, b = set(a), set(b)
+    return len(a & b) / len(a | b) if a | b else 1.0
+
+
+def table(header: list[str], rows: list[list]) -> list[str]:
+    fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + \
+           ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# the sections
+
+
+def paper_settings(model, tok, rec, default_threads: int, auto_threads: int, out: list[str]) -> None:
+    """Same settings, same output: the paper's loop against segkit, J = 50, pad at every position."""
+    print("  paper settings", flush=True)
+    opts = dict(method="paper", baseline="pad", steps=50, pad_id=pad_token_id(tok))
+    raw, t_paper, m_paper = timed(paper_loop, model, tok, rec, 50, threads=default_threads)
+    ours, t_ours, m_ours = timed(A.attribute_record, model, tok, rec, threads=auto_threads, **opts)
+    a = A.assemble(tok, rec["question"], rec["segments"], rec["answer"])
+    ref = (raw / raw.norm())[a.trace[0]:a.trace[1]]
+    diff = float((flat(ours) - ref).norm() / ref.norm())
+    out += table(["tokens", f"paper loop s/trace ({default_threads} threads)",
+                  f"segkit s/trace ({auto_threads} threads)", "speed-up", "rel. diff of attributions",
+                  "peak RSS MiB: paper", "segkit"],
+                 [[len(a.input_ids), t_paper, t_ours, f"{t_paper / t_ours:.2f}x", f"{diff:.1e}", round(m_paper),
+                   round(m_ours)]])
+    # the speed-up taken apart: per step at equal threads (best of 2 runs of 3 steps each)
+    path = segkit_path(model, tok, rec)
+    rows = []
+    for th in sorted({1, default_threads}):
+        p = steps_time(lambda k: paper_loop(model, tok, rec, k), 3, threads=th)
+        s = steps_time(lambda k: path.integrand(torch.linspace(0, 1, k).tolist()), 3, threads=th)
+        rows.append([th, p, s, f"{p / s:.2f}x"])
+    out += ["", "Per step at equal threads (segkit: batched points, answer-position logits, input cut after the "
+            f"answer; auto batch {path.batch_size}):", ""]
+    out += table(["threads", "paper s/step", "segkit s/step", "speed-up"], rows)
+
+
+def default_settings(model, tok, recs, ref_opts: dict, out: list[str], stability: bool) -> None:
+    """segkit's defaults against the paper's settings on the same traces: time, completeness, selections."""
+    print(f"  default settings on {len(recs)} traces", flush=True)
+    pad = pad_token_id(tok)
+    runs = {"paper loop settings (pad, paper, J=50)": dict(method="paper", baseline="pad", steps=50),
+            "segkit default": {}}
+    if stability:
+        runs["paper settings, J=100"] = dict(method="paper", baseline="pad", steps=100)
+    rows, res = [], {}
+    refs = [A.attribute_record(model, tok, r, pad_id=pad, **ref_opts) for r in recs]
+    ref_pad = [A.attribute_record(model, tok, r, pad_id=pad, **{**ref_opts, "baseline": "pad"}) for r in recs] \
+        if stability else None
+    for name, opts in runs.items():
+        res[name] = [A.attribute_record(model, tok, r, pad_id=pad, **opts) for r in recs]
+        o = res[name]
+        errs = [x["completeness_error"] for x in o]
+        ref = ref_pad if opts.get("baseline") == "pad" and ref_pad else refs
+        agree = [jaccard(select(x["strength"], x["consistency"]), select(y["strength"], y["consistency"]))
+                 for x, y in zip(o, ref)]
+        rows.append([name, len(o), statistics.mean(x["attribution_seconds"] for x in o),
+                     statistics.mean(x["ig_steps"] for x in o), statistics.median(errs), max(errs),
+                     f"{sum(e < 0.05 for e in errs) / len(errs):.0%}",
+                     f"{sum(x.get('target_error_met', e < 0.05) for x, e in zip(o, errs)) / len(o):.0%}"
+                     if "target_error_met" in o[0] else "-",
+                     statistics.mean(agree), f"{sum(a == 1 for a in agree) / len(agree):.0%}"])
+    if stability:
+        j = [A.selection_agreement(x, y) for x, y in zip(res["paper loop settings (pad, paper, J=50)"],
+                                                         res["paper settings, J=100"])]
+        rows.append(["paper settings: J=50 vs J=100", len(j), "", "", "", "", "", "", statistics.mean(j),
+                     f"{sum(a == 1 for a in j) / len(j):.0%}"])
+    ref_name = f"{ref_opts['method']} J={ref_opts['steps']}"
+    out += table(["settings", "traces", "s/trace", "J", "median error", "max error", "error < 0.05", "target met",
+                  f"selection Jaccard vs {ref_name}", "identical"], rows)
+
+
+def scaling(model, tok, lengths, steps: int, paper: bool, out: list[str]) -> None:
+    """Cost per step and memory against length: the paper's pass (full logits) and segkit's (batched points)."""
+    rows = []
+    for n in lengths:
+        if n > getattr(model.config, "max_position_embeddings", 1 << 30):
+            continue
+        rec = record_of_length(tok, n)
+        row = [len(A.assemble(tok, rec["question"], rec["segments"], rec["answer"]).input_ids)]
+        if paper:
+            _, t, m = timed(paper_loop, model, tok, rec, 1)
+            row += [t, round(m)]
+        path = segkit_path(model, tok, rec, baseline="pad-trace")
+        _, t, m = timed(path.integrand, torch.linspace(0.1, 1, steps).tolist())
+        row += [t / steps, round(m), path.batch_size]
+        rows.append(row)
+        print(f"  length {row[0]}: {row[1:]}", flush=True)
+    out += table(["tokens"] + (["paper s/step", "paper peak MiB"] if paper else []) +
+                 ["segkit s/step", "segkit peak MiB", "batch"], rows)
+
+
+def batch_sizes(model, tok, n_tokens: int, sizes, out: list[str]) -> None:
+    """Seconds per path point against points per pass (best of 2), with the measured activation memory."""
+    rec = record_of_length(tok, n_tokens)
+    path = segkit_path(model, tok, rec)
+    _, point_bytes = A.activation_bytes(path.F, path.x0)
+    rows = []
+    for b in sizes:
+        path.batch_size = b
+        t = steps_time(lambda k: path.integrand(torch.linspace(0.1, 1, k).tolist()), b)
+        rows.append([path.F.n_tokens, b, t, f"{b * point_bytes / 2 ** 20:.0f}"])
+    auto = A.auto_batch_size(path.x0.device, path.F.n_tokens, point_bytes)[0]
+    out += table(["tokens", "batch", "s/point", "activation MiB"], rows)
+    out += ["", f"{path.F.n_tokens} tokens: {point_bytes / path.F.n_tokens / 1024:.1f} KiB of activations per token "
+            f"and point (measured); auto batch on this machine: {auto}.", ""]
+
+
+def profile(model, tok, n_tokens: int, out: list[str]) -> None:
+    """Where one step's time goes: the paper's pass and segkit's, by kind of operation."""
+    from torch.profiler import profile as torch_profile
+
+    rec = record_of_length(tok, n_tokens)
+    kinds = {"matmul": ("mm", "addmm", "bmm", "matmul", "linear"), "attention": ("attention", "flash"),
+             "log-softmax": ("softmax",), "copy/fill": ("copy_", "fill_", "zero_", "index", "gather", "scatter")}
+    path = segkit_path(model, tok, rec)
+    rows = []
+    for name, fn in (("paper", lambda: paper_loop(model, tok, rec, 1)), ("segkit", lambda: path.integrand([0.5]))):
+        fn()
+        with torch_profile() as prof:
+            fn()
+        total, by = 0.0, {k: 0.0 for k in [*kinds, "other"]}
+        for ev in prof.key_averages():
+            if not ev.key.startswith("aten::"):
+                continue
+            total += ev.self_cpu_time_total
+            kind = next((k for k, keys in kinds.items() if any(s in ev.key for s in keys)), "other")
+            by[kind] += ev.self_cpu_time_total
+        rows.append([name, total / 1e6] + [f"{v / total:.0%}" for v in by.values()])
+    out += table(["one step", "s"] + list(kinds) + ["other"], rows)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--traces", type=int, default=8, help="testbed traces for the convergence table (testbed model)")
+    p.add_argument("--smol-traces", type=int, default=1, help="testbed traces for the SmolLM2 convergence table")
+    p.add_argument("--smol-stability", action="store_true", help="also J=100 and a pad reference on SmolLM2 (slow)")
+    p.add_argument("--ref-steps", type=int, default=128, help="Gauss-Legendre steps of the reference attributions")
+    p.add_argument("--lengths", type=int, nargs="*", default=[256, 512, 1024, 2048, 4096])
+    p.add_argument("--scaling-steps", type=int, default=2, help="IG steps per length in the scaling table")
+    p.add_argument("--testbed-model", default=str(ROOT / "runs" / "bench" / "testbed-model"))
+    p.add_argument("--skip-smol", action="store_true", help="testbed model only (minutes)")
+    p.add_argument("--out", default=str(ROOT / "reports" / "benchmark_attribution.md"))
+    args = p.parse_args(argv)
+
+    t_start = time.perf_counter()
+    default_threads, auto_threads = torch.get_num_threads(), A.cpu_threads()
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    out = ["## Benchmark tables", "",
+           f"Machine: {cpu}, {os.cpu_count()} cores, {platform.system()}, torch {torch.__version__}, no GPU; "
+           f"load average at start {os.getloadavg()[0]:.1f} (other processes share the cores). torch's default "
+           f"threads {default_threads}, segkit's choice (`cpu_threads`) {auto_threads}. Command: "
+           f"`python benchmarks/attribution_speed.py {' '.join(argv if argv is not None else sys.argv[1:])}`.", ""]
+    models = [("testbed", testbed_model(FsPath(args.testbed_model)))] + ([] if args.skip_smol else [("SmolLM2", SMOL)])
+    for label, name in models:
+        model, tok = load_model(name, device="cpu", dtype="float32")
+        smol = label == "SmolLM2"
+        print(f"== {label}", flush=True)
+        recs = testbed_records(max(args.traces, args.smol_traces))
+        if smol:  # the shortest traces keep the default run within its time
+            recs = sorted(recs, key=lambda r: len(r["solution"]))[:args.smol_traces]
+        else:
+            recs = recs[:args.traces]
+        out += [f"### {label} ({name})", "", "#### Paper settings: the paper's loop against segkit, same output", ""]
+        paper_settings(model, tok, record_of_length(tok, 256), default_threads, auto_threads, out)
+        torch.set_num_threads(auto_threads)
+        out += ["", f"#### Default settings against the paper's ({len(recs)} testbed traces)", ""]
+        ref = dict(method="gausslegendre", baseline="pad-trace", steps=args.ref_steps, target_error=0)
+        default_settings(model, tok, recs, ref, out, stability=not smol or args.smol_stability)
+        out += ["", f"#### Cost against length ({args.scaling_steps} Gauss-Legendre steps per length)", ""]
+        scaling(model, tok, args.lengths, args.scaling_steps, paper=True, out=out)
+        out += ["", "#### Cost against the batch size (path points per pass)", ""]
+        for n, sizes in ((256, [1, 2, 4, 8]), (1024, [1, 2, 4])) if smol else ((256, [1, 4, 16, 64]), (1024, [1, 4, 16])):
+            batch_sizes(model, tok, n, sizes, out)
+        out += ["", "#### Where one step's time goes (profile, 256 tokens)", ""]
+        profile(model, tok, 256, out)
+        out.append("")
+    out.append(f"Benchmark time: {(time.perf_counter() - t_start) / 60:.1f} min; load average at the end "
+               f"{os.getloadavg()[0]:.1f}.")
+    # the findings written by hand above the marker are kept; the tables below it are replaced
+    path = FsPath(args.out)
+    head = path.read_text().split(MARKER)[0] if path.exists() else ""
+    path.write_text(head + MARKER + "\n\n" + "\n".join(out) + "\n")
+    print("\n".join(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
