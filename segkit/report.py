@@ -288,12 +288,15 @@ def run_report(cfg: ReportConfig) -> str:
             if meta:
                 row.update(status=f"earlier run ({meta.get('status', '?')})", seconds=meta.get("seconds", 0.0))
             continue
-        if not cfg.rerun and meta.get("fingerprint") == fp and meta.get("status") == "ok":
+        # committed reports are reused only where this machine holds the pipeline's outputs: on a fresh clone
+        # (no workdir yet) `make report` runs the whole pipeline
+        if not cfg.rerun and workdir.exists() and meta.get("fingerprint") == fp and meta.get("status") == "ok":
             row.update(status="reused", seconds=meta.get("seconds", 0.0))
             if not target.with_suffix(".html").exists():
                 render_html(target, run.title, cfg.show_code)
             continue
         try:
+            workdir.mkdir(parents=True, exist_ok=True)
             row.update(status="ok", seconds=execute(run, out_dir, cfg, fp))
         except ReportError as e:
             row.update(status="failed", seconds=0.0)
