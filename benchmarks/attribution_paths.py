@@ -28,9 +28,8 @@ def main(argv=None) -> int:
     p.add_argument("--points", type=int, default=101, help="alphas on the uniform grid")
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads or A.cpu_threads())
-
     model, tok = load_model(args.model, device="cpu", dtype="float32")
+    threads = torch.set_num_threads(args.threads) or args.threads if args.threads else A.cpu_threads(model)
     rec = generate(SynthConfig(out="", n=args.trace + 1, split="test"))[args.trace]
     a = A.assemble(tok, rec["question"], segment(rec["solution"]), rec["answer"])
     emb = model.get_input_embeddings()
@@ -47,7 +46,7 @@ def main(argv=None) -> int:
 
     alphas = torch.linspace(0, 1, args.points).tolist()
     step = 1 / (args.points - 1)
-    print(f"{args.model}, testbed trace {args.trace}: {x.shape[1]} tokens, trace {a.trace}, "
+    print(f"{args.model}, testbed trace {args.trace}: {x.shape[1]} tokens, trace {a.trace}, {threads} threads, "
           f"special tokens at {special.nonzero()[:, 0].tolist()}, {args.points} alphas\n")
     print("| baseline | F(x') | F(x) | net change | total variation | TV / net | steepest dF/dalpha | at alpha |")
     print("|---|---|---|---|---|---|---|---|")

@@ -30,32 +30,51 @@ import torch
 
 from segkit import attribute as A
 from segkit.models import load_model, pad_token_id
-from segkit.score import select
+from segkit.score import consistency, strength
 from segkit.segment import segment
 from segkit.synth import SynthConfig, generate
 
 ROOT = FsPath(__file__).resolve().parents[1]
 SMOL = "smollm2-135m-instruct"
 MARKER = "<!-- tables below: written by benchmarks/attribution_speed.py -->"
+BLOCK = "<!-- block: "
+SECTIONS = ("paper", "default", "length", "batch", "profile")
 
 
 # ------------------------------------------------------------------------------------------------------------------
 # the paper's loop, written from its description
 
 
-def paper_loop(model, tokenizer, rec: dict, steps: int = 50) -> torch.Tensor:
+def paper_loop(model, tokenizer, rec: dict, steps: int = 50, weights: bool = False) -> torch.Tensor:
     """The paper's IG: one interpolation point per forward/backward pass, full (T, V) logits, alphas =
-    linspace(0, 1, J), mean gradient times (x - x'), pad embedding at every position. Raw scores ``(T,)``."""
+    linspace(0, 1, J), mean gradient times (x - x'), pad embedding at every position. Raw scores ``(T,)``.
+
+    ``weights=False`` asks autograd for the input gradient only (the strong baseline); ``weights=True`` is the loop
+    as often written, ``f.backward()`` on a model whose weights require gradients, which also computes (and
+    accumulates) every weight's gradient."""
     a = A.assemble(tokenizer, rec["question"], rec["segments"], rec["answer"])
     emb = model.get_input_embeddings()
     x = emb(a.input_ids)[None].detach()
     x0 = emb(torch.tensor([pad_token_id(tokenizer)]))[0].detach().expand_as(x)
     grads = torch.zeros_like(x)
-    for alpha in torch.linspace(0, 1, steps):
-        e = (x0 + alpha * (x - x0)).requires_grad_(True)
-        logp = torch.log_softmax(model(inputs_embeds=e).logits[0].float(), -1)
-        f = logp[a.targets - 1, a.input_ids[a.targets]].sum()
-        grads += torch.autograd.grad(f, e)[0]
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    for p in frozen if weights else ():
+        p.requires_grad_(True)
+    try:
+        for alpha in torch.linspace(0, 1, steps):
+            e = (x0 + alpha * (x - x0)).requires_grad_(True)
+            logp = torch.log_softmax(model(inputs_embeds=e).logits[0].float(), -1)
+            f = logp[a.targets - 1, a.input_ids[a.targets]].sum()
+            if weights:
+                model.zero_grad()
+                f.backward()
+                grads += e.grad
+            else:
+                grads += torch.autograd.grad(f, e)[0]
+    finally:
+        for p in frozen:
+            p.requires_grad_(False)
+            p.grad = None
     return (grads / steps * (x - x0))[0].sum(-1)
 
 
@@ -85,13 +104,20 @@ def record_of_length(tokenizer, n_tokens: int, seed: int = 0) -> dict:
     return {**rec, "segments": kept + [segs[-1]], "solution": "".join(kept + [segs[-1]])}
 
 
-def testbed_model(path: FsPath) -> str:
-    """The testbed attributor: a tiny Qwen2 trained on full synth traces (`segkit train`), trained once here."""
+def testbed_model(path: FsPath | None) -> str:
+    """The testbed attributor: ``path``, else the one `make report` trained (the newest under runs/default/), else a
+    tiny Qwen2 trained here once on full synth traces (`segkit train`, ~2 minutes: a weaker model)."""
+    if path is None:
+        trained = sorted(ROOT.glob("runs/default/testbed-*/attributor-*/train_summary.json"),
+                         key=lambda p: p.stat().st_mtime)
+        if trained:
+            return str(trained[-1].parent)
+        path = ROOT / "runs" / "bench" / "testbed-model"
     if not (path / "train_summary.json").exists():
         data = path.parent / "train.jsonl"
-        subprocess.run([sys.executable, "-m", "segkit", "synth", "--out", str(data), "--n", "600"], check=True)
-        subprocess.run([sys.executable, "-m", "segkit", "train", str(data), "--out", str(path), "--epochs", "2",
-                        "--threads", str(A.cpu_threads())], check=True)
+        subprocess.run([sys.executable, "-m", "segkit", "synth", "--out", str(data), "--n", "1500"], check=True)
+        subprocess.run([sys.executable, "-m", "segkit", "train", str(data), "--out", str(path), "--epochs", "3"],
+                       check=True)
     return str(path)
 
 
@@ -132,15 +158,10 @@ def timed(fn, *args, threads: int | None = None, **kw):
     return out, time.perf_counter() - t, mem.mib
 
 
-def segkit_path(model, tok, rec: dict, baseline: str = "pad", batch_size: int | None = None) -> A.Path:
+def segkit_path(model, tok, rec: dict, baseline: str = "pad") -> A.Path:
     """The path `attribute_record` integrates along, with its automatic batch size."""
     a = A.assemble(tok, rec["question"], rec["segments"], rec["answer"])
-    F = A.AnswerLogProb(model, a.input_ids, a.targets)
-    emb = model.get_input_embeddings()
-    x = emb(a.input_ids[:F.n_tokens])[None].detach()
-    x0 = A.baseline_embeds(x, emb.weight[pad_token_id(tok)].detach(), baseline, a.trace)
-    _, point_bytes = A.activation_bytes(F, x)
-    return A.Path(F, x, x0, batch_size or A.auto_batch_size(x.device, F.n_tokens, point_bytes)[0])
+    return A.ig_path(model, a, pad_token_id(tok), baseline)[0]
 
 
 def steps_time(fn, k: int, repeats: int = 2, threads: int | None = None) -> float:
@@ -150,11 +171,6 @@ def steps_time(fn, k: int, repeats: int = 2, threads: int | None = None) -> floa
 
 def flat(rec: dict) -> torch.Tensor:
     return torch.tensor([v for seg in rec["attributions"] for v in seg])
-
-
-def jaccard(a, b) -> float:
-    a, b = set(a), set(b)
-    return len(a & b) / len(a | b) if a | b else 1.0
 
 
 def table(header: list[str], rows: list[list]) -> list[str]:
@@ -171,16 +187,24 @@ def paper_settings(model, tok, rec, default_threads: int, auto_threads: int, out
     """Same settings, same output: the paper's loop against segkit, J = 50, pad at every position."""
     print("  paper settings", flush=True)
     opts = dict(method="paper", baseline="pad", steps=50, pad_id=pad_token_id(tok))
-    raw, t_paper, m_paper = timed(paper_loop, model, tok, rec, 50, threads=default_threads)
-    ours, t_ours, m_ours = timed(A.attribute_record, model, tok, rec, threads=auto_threads, **opts)
     a = A.assemble(tok, rec["question"], rec["segments"], rec["answer"])
+    raw, t_paper, m_paper = timed(paper_loop, model, tok, rec, 50, threads=default_threads)
+    raw_w, t_paper_w, m_paper_w = timed(paper_loop, model, tok, rec, 50, weights=True, threads=default_threads)
     ref = (raw / raw.norm())[a.trace[0]:a.trace[1]]
-    diff = float((flat(ours) - ref).norm() / ref.norm())
-    out += table(["tokens", f"paper loop s/trace ({default_threads} threads)",
-                  f"segkit s/trace ({auto_threads} threads)", "speed-up", "rel. diff of attributions",
-                  "peak RSS MiB: paper", "segkit"],
-                 [[len(a.input_ids), t_paper, t_ours, f"{t_paper / t_ours:.2f}x", f"{diff:.1e}", round(m_paper),
-                   round(m_ours)]])
+    rows = [[f"the paper's loop, input gradients only ({default_threads} threads)", t_paper, "1.00x", "-",
+             round(m_paper)],
+            [f"the paper's loop with f.backward(), weight gradients too ({default_threads} threads)", t_paper_w,
+             f"{t_paper / t_paper_w:.2f}x",
+             f"{float(((raw_w / raw_w.norm())[a.trace[0]:a.trace[1]] - ref).norm() / ref.norm()):.1e}",
+             round(m_paper_w)]]
+    for th in dict.fromkeys([default_threads, auto_threads]):
+        ours, t_ours, m_ours = timed(A.attribute_record, model, tok, rec, threads=th, **opts)
+        diff = float((flat(ours) - ref).norm() / ref.norm())
+        rows.append([f"segkit, same settings ({th} threads{', its own choice' if th == auto_threads else ''})",
+                     t_ours, f"{t_paper / t_ours:.2f}x", f"{diff:.1e}", round(m_ours)])
+    out += [f"{len(a.input_ids)} tokens, J = 50, pad baseline at every position, linspace alphas:", ""]
+    out += table(["run", "s/trace", "speed-up over the input-gradient loop", "rel. diff of attributions",
+                  "peak RSS MiB"], rows)
     # the speed-up taken apart: per step at equal threads (best of 2 runs of 3 steps each)
     path = segkit_path(model, tok, rec)
     rows = []
@@ -193,39 +217,56 @@ def paper_settings(model, tok, rec, default_threads: int, auto_threads: int, out
     out += table(["threads", "paper s/step", "segkit s/step", "speed-up"], rows)
 
 
-def default_settings(model, tok, recs, ref_opts: dict, out: list[str], stability: bool) -> None:
-    """segkit's defaults against the paper's settings on the same traces: time, completeness, selections."""
+def paper_record(model, tok, rec: dict, steps: int, threads: int) -> dict:
+    """The paper's loop on one record, timed, with the fields `attribute_record` would give its scores."""
+    raw, seconds, _ = timed(paper_loop, model, tok, rec, steps, threads=threads)
+    a = A.assemble(tok, rec["question"], rec["segments"], rec["answer"])
+    F = A.AnswerLogProb(model, a.input_ids, a.targets)
+    emb = model.get_input_embeddings()
+    with torch.no_grad():
+        x = emb(a.input_ids)[None]
+        f_in, f_base = F(torch.cat([x, emb.weight[pad_token_id(tok)].expand_as(x)])).tolist()
+    scores = raw / raw.norm()
+    per_segment = [scores[s:e].tolist() for s, e in a.segments]
+    return {"attribution_seconds": seconds, "ig_steps": steps, "strength": strength(per_segment),
+            "consistency": consistency(per_segment), "completeness_error": A.completeness_error(raw, f_in, f_base)}
+
+
+def default_settings(model, tok, recs, ref_opts: dict, out: list[str], stability: bool, paper_threads: int,
+                     threads: int) -> None:
+    """segkit's defaults against the paper's loop on the same traces: time, completeness, selections."""
     print(f"  default settings on {len(recs)} traces", flush=True)
     pad = pad_token_id(tok)
-    runs = {"paper loop settings (pad, paper, J=50)": dict(method="paper", baseline="pad", steps=50),
-            "segkit default": {}}
+    res = {f"the paper's loop (J=50, pad, {paper_threads} threads)":
+           [paper_record(model, tok, r, 50, paper_threads) for r in recs]}
+    torch.set_num_threads(threads)
+    ref_name = f"reference (adaptive to error {ref_opts['target_error']:g}, at most {ref_opts['max_steps']} points"
+    runs = {f"segkit default ({threads} threads)": {}, f"{ref_name}, pad-trace)": ref_opts}
     if stability:
-        runs["paper settings, J=100"] = dict(method="paper", baseline="pad", steps=100)
-    rows, res = [], {}
-    refs = [A.attribute_record(model, tok, r, pad_id=pad, **ref_opts) for r in recs]
-    ref_pad = [A.attribute_record(model, tok, r, pad_id=pad, **{**ref_opts, "baseline": "pad"}) for r in recs] \
-        if stability else None
-    for name, opts in runs.items():
-        res[name] = [A.attribute_record(model, tok, r, pad_id=pad, **opts) for r in recs]
-        o = res[name]
+        runs[f"{ref_name}, pad)"] = {**ref_opts, "baseline": "pad"}
+    res.update({name: [A.attribute_record(model, tok, r, pad_id=pad, **opts) for r in recs]
+                for name, opts in runs.items()})
+    if stability:
+        res["the paper's loop, J=100"] = [paper_record(model, tok, r, 100, paper_threads) for r in recs]
+    rows = []
+    for name, o in res.items():
         errs = [x["completeness_error"] for x in o]
-        ref = ref_pad if opts.get("baseline") == "pad" and ref_pad else refs
-        agree = [jaccard(select(x["strength"], x["consistency"]), select(y["strength"], y["consistency"]))
-                 for x, y in zip(o, ref)]
+        pad_baseline = "paper" in name or name.endswith("pad)")
+        ref = next((v for n, v in res.items() if n.startswith("reference") and n.endswith("pad)") == pad_baseline),
+                   None)
+        agree = [A.selection_agreement(x, y) for x, y in zip(o, ref)] if ref and "reference" not in name else None
         rows.append([name, len(o), statistics.mean(x["attribution_seconds"] for x in o),
                      statistics.mean(x["ig_steps"] for x in o), statistics.median(errs), max(errs),
                      f"{sum(e < 0.05 for e in errs) / len(errs):.0%}",
-                     f"{sum(x.get('target_error_met', e < 0.05) for x, e in zip(o, errs)) / len(o):.0%}"
-                     if "target_error_met" in o[0] else "-",
-                     statistics.mean(agree), f"{sum(a == 1 for a in agree) / len(agree):.0%}"])
+                     f"{sum(x['target_error_met'] for x in o) / len(o):.0%}" if "target_error_met" in o[0] else "-",
+                     statistics.mean(agree) if agree else "-",
+                     f"{sum(a == 1 for a in agree) / len(agree):.0%}" if agree else "-"])
     if stability:
-        j = [A.selection_agreement(x, y) for x, y in zip(res["paper loop settings (pad, paper, J=50)"],
-                                                         res["paper settings, J=100"])]
-        rows.append(["paper settings: J=50 vs J=100", len(j), "", "", "", "", "", "", statistics.mean(j),
-                     f"{sum(a == 1 for a in j) / len(j):.0%}"])
-    ref_name = f"{ref_opts['method']} J={ref_opts['steps']}"
+        j = [A.selection_agreement(x, y) for x, y in zip(*(v for n, v in res.items() if "paper's loop" in n))]
+        rows.append(["the paper's loop: J=50 against J=100", len(j)] + [""] * 6 +
+                    [statistics.mean(j), f"{sum(a == 1 for a in j) / len(j):.0%}"])
     out += table(["settings", "traces", "s/trace", "J", "median error", "max error", "error < 0.05", "target met",
-                  f"selection Jaccard vs {ref_name}", "identical"], rows)
+                  "selection Jaccard vs reference (same baseline)", "identical selection"], rows)
 
 
 def scaling(model, tok, lengths, steps: int, paper: bool, out: list[str]) -> None:
@@ -245,7 +286,8 @@ def scaling(model, tok, lengths, steps: int, paper: bool, out: list[str]) -> Non
         rows.append(row)
         print(f"  length {row[0]}: {row[1:]}", flush=True)
     out += table(["tokens"] + (["paper s/step", "paper peak MiB"] if paper else []) +
-                 ["segkit s/step", "segkit peak MiB", "batch"], rows)
+                 ["segkit s/step (pad-trace: the prompt run once when >= 20% of the input)", "segkit peak MiB",
+                  "batch"], rows)
 
 
 def batch_sizes(model, tok, n_tokens: int, sizes, out: list[str]) -> None:
@@ -258,7 +300,7 @@ def batch_sizes(model, tok, n_tokens: int, sizes, out: list[str]) -> None:
         path.batch_size = b
         t = steps_time(lambda k: path.integrand(torch.linspace(0.1, 1, k).tolist()), b)
         rows.append([path.F.n_tokens, b, t, f"{b * point_bytes / 2 ** 20:.0f}"])
-    auto = A.auto_batch_size(path.x0.device, path.F.n_tokens, point_bytes)[0]
+    auto = A.auto_batch_size(path.x0.device, path.F.n_tokens - path.F.start, point_bytes)[0]
     out += table(["tokens", "batch", "s/point", "activation MiB"], rows)
     out += ["", f"{path.F.n_tokens} tokens: {point_bytes / path.F.n_tokens / 1024:.1f} KiB of activations per token "
             f"and point (measured); auto batch on this machine: {auto}.", ""]
@@ -296,53 +338,88 @@ def main(argv=None) -> int:
     p.add_argument("--traces", type=int, default=8, help="testbed traces for the convergence table (testbed model)")
     p.add_argument("--smol-traces", type=int, default=1, help="testbed traces for the SmolLM2 convergence table")
     p.add_argument("--smol-stability", action="store_true", help="also J=100 and a pad reference on SmolLM2 (slow)")
-    p.add_argument("--ref-steps", type=int, default=128, help="Gauss-Legendre steps of the reference attributions")
+    p.add_argument("--ref-steps", type=int, default=256, help="cap on the points of the reference attributions "
+                   "(adaptive, refined to a tenth of the default's completeness error)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads for every run (0: the paper's loop with "
+                   "torch's default, segkit with its measured choice)")
     p.add_argument("--lengths", type=int, nargs="*", default=[256, 512, 1024, 2048, 4096])
-    p.add_argument("--scaling-steps", type=int, default=2, help="IG steps per length in the scaling table")
-    p.add_argument("--testbed-model", default=str(ROOT / "runs" / "bench" / "testbed-model"))
-    p.add_argument("--skip-smol", action="store_true", help="testbed model only (minutes)")
+    p.add_argument("--scaling-steps", type=int, default=1, help="IG steps per length in the scaling table")
+    p.add_argument("--testbed-model", default="", help="testbed attributor folder (default: the one `make report` "
+                   "trained, else one trained here)")
+    p.add_argument("--models", nargs="*", default=["testbed", "smollm2"], choices=["testbed", "smollm2"])
+    p.add_argument("--sections", nargs="*", default=list(SECTIONS), choices=SECTIONS, help="what to measure")
     p.add_argument("--out", default=str(ROOT / "reports" / "benchmark_attribution.md"))
     args = p.parse_args(argv)
 
     t_start = time.perf_counter()
-    default_threads, auto_threads = torch.get_num_threads(), A.cpu_threads()
+    default_threads = args.threads or torch.get_num_threads()
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-    out = ["## Benchmark tables", "",
+    head = ["## Benchmark tables", "",
            f"Machine: {cpu}, {os.cpu_count()} cores, {platform.system()}, torch {torch.__version__}, no GPU; "
-           f"load average at start {os.getloadavg()[0]:.1f} (other processes share the cores). torch's default "
-           f"threads {default_threads}, segkit's choice (`cpu_threads`) {auto_threads}. Command: "
-           f"`python benchmarks/attribution_speed.py {' '.join(argv if argv is not None else sys.argv[1:])}`.", ""]
-    models = [("testbed", testbed_model(FsPath(args.testbed_model)))] + ([] if args.skip_smol else [("SmolLM2", SMOL)])
+           f"load average at start {os.getloadavg()[0]:.1f} (other processes share the cores). "
+           + (f"Every run uses {args.threads} thread(s). " if args.threads else
+              f"The paper's loop runs with torch's default threads ({default_threads}), segkit with its measured "
+              "choice (`cpu_threads`). ") +
+           f"Command: `python benchmarks/attribution_speed.py {' '.join(argv if argv is not None else sys.argv[1:])}`.",
+           ""]
+    blocks = {}
+    models = [("SmolLM2", SMOL)] if "smollm2" in args.models else []
+    if "testbed" in args.models:
+        models.insert(0, ("testbed", testbed_model(FsPath(args.testbed_model) if args.testbed_model else None)))
     for label, name in models:
         model, tok = load_model(name, device="cpu", dtype="float32")
         smol = label == "SmolLM2"
-        print(f"== {label}", flush=True)
+        auto_threads = args.threads or A.cpu_threads(model)
+        torch.set_num_threads(auto_threads)
+        print(f"== {label}: segkit runs with {auto_threads} threads", flush=True)
         recs = testbed_records(max(args.traces, args.smol_traces))
         if smol:  # the shortest traces keep the default run within its time
             recs = sorted(recs, key=lambda r: len(r["solution"]))[:args.smol_traces]
         else:
             recs = recs[:args.traces]
-        out += [f"### {label} ({name})", "", "#### Paper settings: the paper's loop against segkit, same output", ""]
-        paper_settings(model, tok, record_of_length(tok, 256), default_threads, auto_threads, out)
+        run = f"Run {time.strftime('%Y-%m-%d %H:%M')}: " + head[2]
+
+        def section(key: str, title: str) -> list[str]:
+            blocks[f"{label}: {key}"] = lines = [f"#### {label}: {title}", "", run, ""]
+            return lines
+
+        if "paper" in args.sections:
+            paper_settings(model, tok, record_of_length(tok, 256), default_threads, auto_threads,
+                           section("paper", "paper settings, the paper's loop against segkit, same output"))
+        if "default" in args.sections:
+            # the reference: adaptive quadrature refined to a tenth of the default's completeness error
+            ref = dict(method="adaptive", baseline="pad-trace", steps=15, target_error=A.TARGET_ERROR / 10,
+                       max_steps=args.ref_steps)
+            default_settings(model, tok, recs, ref, section("default", f"default settings against the paper's "
+                                                             f"({len(recs)} testbed traces)"),
+                             not smol or args.smol_stability, default_threads, auto_threads)
         torch.set_num_threads(auto_threads)
-        out += ["", f"#### Default settings against the paper's ({len(recs)} testbed traces)", ""]
-        ref = dict(method="gausslegendre", baseline="pad-trace", steps=args.ref_steps, target_error=0)
-        default_settings(model, tok, recs, ref, out, stability=not smol or args.smol_stability)
-        out += ["", f"#### Cost against length ({args.scaling_steps} Gauss-Legendre steps per length)", ""]
-        scaling(model, tok, args.lengths, args.scaling_steps, paper=True, out=out)
-        out += ["", "#### Cost against the batch size (path points per pass)", ""]
-        for n, sizes in ((256, [1, 2, 4, 8]), (1024, [1, 2, 4])) if smol else ((256, [1, 4, 16, 64]), (1024, [1, 4, 16])):
-            batch_sizes(model, tok, n, sizes, out)
-        out += ["", "#### Where one step's time goes (profile, 256 tokens)", ""]
-        profile(model, tok, 256, out)
-        out.append("")
-    out.append(f"Benchmark time: {(time.perf_counter() - t_start) / 60:.1f} min; load average at the end "
-               f"{os.getloadavg()[0]:.1f}.")
-    # the findings written by hand above the marker are kept; the tables below it are replaced
+        if "length" in args.sections:
+            scaling(model, tok, args.lengths, args.scaling_steps, paper=True,
+                    out=section("length", f"cost against length ({args.scaling_steps} steps per length)"))
+        if "batch" in args.sections:
+            out = section("batch", "cost against the batch size (path points per pass)")
+            for n, sizes in ((256, [1, 2, 4, 8]), (1024, [1, 2, 4])) if smol else ((256, [1, 4, 16, 64]),
+                                                                                    (1024, [1, 4, 16])):
+                batch_sizes(model, tok, n, sizes, out)
+        if "profile" in args.sections:
+            profile(model, tok, 256, section("profile", "where one step's time goes (profile, 256 tokens)"))
+    # the findings written by hand above the marker are kept; a model's block below it is replaced when that model
+    # was run, and kept otherwise
     path = FsPath(args.out)
-    head = path.read_text().split(MARKER)[0] if path.exists() else ""
-    path.write_text(head + MARKER + "\n\n" + "\n".join(out) + "\n")
-    print("\n".join(out))
+    text = path.read_text() if path.exists() else ""
+    findings, _, tables = text.partition(MARKER)
+    old = {}
+    for chunk in tables.split(BLOCK)[1:]:
+        key, _, body = chunk.partition(" -->")
+        old[key.strip()] = body.strip("\n")
+    for key, lines in blocks.items():
+        old[key] = "\n".join(lines).rstrip("\n")
+    order = sorted(old, key=lambda k: (k.split(":")[0] != "testbed", SECTIONS.index(k.split(": ")[1])
+                                       if k.split(": ")[1] in SECTIONS else 99))
+    body = "".join(f"{BLOCK}{key} -->\n{old[key]}\n\n" for key in order)
+    path.write_text(findings + MARKER + "\n\n## Benchmark tables\n\n" + body)
+    print("\n\n".join("\n".join(lines) for lines in blocks.values()))
     return 0
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from . import prompt as P
-from .score import BETA, TAU, select, top_by_cumulative
+from .score import ALWAYS_KEEP, BETA, TAU, always_kept, select, top_by_cumulative
 from .synth import ROLES, USEFUL
 
 ROLE_ORDER = ROLES  # planted roles in the order tables and legends list them
@@ -204,27 +204,40 @@ def _selection_ratio(records: Sequence[dict], chosen: Sequence[Sequence[int]]) -
     return sel_seg / max(n_seg, 1), sel_tok / max(n_tok, 1)
 
 
-def grid_table(records: Sequence[dict], taus: Sequence[float], betas: Sequence[float]) -> pd.DataFrame:
+def decided(record: dict, always_keep: Sequence[str] = ALWAYS_KEEP) -> list[int]:
+    """Indices of the segments a selection decides on: all but the always-kept ones (first, second-to-last and last
+    by default), which ``segkit train`` trains whatever is selected."""
+    kept = set(always_kept(len(record["segments"]), always_keep))
+    return [i for i in range(len(record["segments"])) if i not in kept]
+
+
+def grid_table(records: Sequence[dict], taus: Sequence[float], betas: Sequence[float],
+               always_keep: Sequence[str] = ALWAYS_KEEP) -> pd.DataFrame:
     """One row per ``(tau, beta)``: ``segment_ratio`` and ``token_ratio`` selected; where records carry
     ``removal_effect``, the paper's criterion ``confidence_gap`` = mean removal effect of unselected segments minus
     that of selected ones (pooled over segments; larger: removing the selected ones costs more confidence); where
-    they carry ``segment_roles``, ``precision``, ``recall`` and ``f1`` against the useful roles."""
+    they carry ``segment_roles``, ``precision``, ``recall`` and ``f1`` against the useful roles.
+
+    The gap and the scores cover the segments the selection decides on (``decided``): the always-kept ones are
+    trained whatever (tau, beta) is, so they must not steer the choice (the final segment, which states the answer,
+    is the strongest and most consistent of a trace and would pull beta to 1)."""
     has_effect = all("removal_effect" in r for r in records)
     has_roles = all("segment_roles" in r for r in records)
+    idx = [decided(r, always_keep) for r in records]
     rows = []
     for tau in taus:
         for beta in betas:
             chosen = [select(r["strength"], r["consistency"], tau, beta) for r in records]
             seg_ratio, tok_ratio = _selection_ratio(records, chosen)
             row = {"tau": tau, "beta": beta, "segment_ratio": seg_ratio, "token_ratio": tok_ratio}
-            flags = [i in set(c) for r, c in zip(records, chosen) for i in range(len(r["segments"]))]
+            flags = [i in set(c) for c, ii in zip(chosen, idx) for i in ii]
             if has_effect:
-                eff = np.array([e for r in records for e in r["removal_effect"]], float)
-                sel, ok = np.array(flags), ~np.isnan(eff)
+                eff = np.array([r["removal_effect"][i] for r, ii in zip(records, idx) for i in ii], float)
+                sel, ok = np.array(flags, bool), ~np.isnan(eff)
                 row["confidence_gap"] = (float(eff[~sel & ok].mean() - eff[sel & ok].mean())
                                          if (sel & ok).any() and (~sel & ok).any() else math.nan)
             if has_roles:
-                useful = [is_useful(x) for r in records for x in r["segment_roles"]]
+                useful = [is_useful(r["segment_roles"][i]) for r, ii in zip(records, idx) for i in ii]
                 row.update({k: v for k, v in precision_recall(flags, useful).items() if not k.startswith("n_")})
             rows.append(row)
     return pd.DataFrame(rows)
@@ -262,24 +275,27 @@ def load_choice(path, default: tuple[float, float] = (TAU, BETA)) -> dict:
 
 
 def precision_recall_by_method(records: Sequence[dict], methods: Sequence[str] = METHODS, tau: float = TAU,
-                               beta: float = BETA, seeds: Sequence[int] = (0,)) -> pd.DataFrame:
+                               beta: float = BETA, seeds: Sequence[int] = (0,),
+                               always_keep: Sequence[str] = ALWAYS_KEEP) -> pd.DataFrame:
     """Precision, recall and F1 of each selection method against the planted useful roles, one row per
-    ``(method, seed)`` (the seed matters for ``random`` only). Methods are ``segkit train`` modes: the segments a
-    mode trains (before the always-kept ones are added) are its selection; ``selective`` is the IG rule at
-    ``(tau, beta)``, and ``random``/``perplexity``/``entropy`` take as many segments per trace as it does."""
+    ``(method, seed)`` (the seed matters for ``random`` only), over the segments a selection decides on
+    (``decided``: the always-kept ones are left out). Methods are ``segkit train`` modes: the segments a mode trains
+    (before the always-kept ones are added) are its selection; ``selective`` is the IG rule at ``(tau, beta)``, and
+    ``random``/``perplexity``/``entropy`` take as many segments per trace as it does."""
     from .train import segments_for_mode
 
     recs = [{**r, "selected_spans_ids": select(r["strength"], r["consistency"], tau, beta)} for r in records]
-    useful = [is_useful(x) for r in recs for x in r["segment_roles"]]
+    idx = [decided(r, always_keep) for r in recs]
+    useful = [is_useful(r["segment_roles"][i]) for r, ii in zip(recs, idx) for i in ii]
     rows = []
     for method in methods:
         for seed in (seeds if method == "random" else seeds[:1]):
             flags = []
-            for r in recs:
+            for r, ii in zip(recs, idx):
                 chosen = set(segments_for_mode(r, method, seed=seed, tau=tau))
-                flags += [i in chosen for i in range(len(r["segments"]))]
+                flags += [i in chosen for i in ii]
             rows.append({"method": method, "seed": seed, **precision_recall(flags, useful),
-                         "segment_ratio": fmean(flags)})
+                         "segment_ratio": fmean(flags) if flags else math.nan})
     return pd.DataFrame(rows)
 
 

@@ -9,10 +9,10 @@ separately, ids concatenated). The target F is the summed log-probability of the
 sums over the embedding dimension and divides by the L2 norm over the sequence: one score per token. By
 completeness, sum_t IG_t = F(x) - F(x'); ``completeness_error`` is how far the quadrature is from that.
 
-The paper's scheme is ``--method paper --baseline pad --steps 50 --target-error 0``: pad at every position,
-alphas = linspace(0, 1, 50) with weights 1/50. The default is the trace-only pad baseline with adaptive
-Gauss-Legendre quadrature refined until completeness_error <= 0.05: the evidence is in
-reports/benchmark_attribution.md.
+The paper's scheme is ``--method paper --baseline pad --steps 50``: pad at every position, alphas =
+linspace(0, 1, 50) with weights 1/50, one pass per alpha. The default keeps the prompt and pads the trace only, and
+places Gauss-Legendre points where F changes fast until completeness_error <= 0.05 (``adaptive_ig``); why, and what
+it costs, is in reports/benchmark_attribution.md.
 
     >>> model, tok = load_model("smollm2-135m-instruct")
     >>> rec = attribute_record(model, tok, {"question": ..., "answer": "42", "segments": [...]})
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -40,7 +41,7 @@ METHODS = ("adaptive", "paper", "gausslegendre", "riemann_trapezoid", "riemann_m
            "riemann_right")
 BASELINES = ("pad-trace", "pad", "zero")
 TARGET_ERROR = 0.05  # the adaptive scheme's default completeness error
-NODES = 4            # Gauss-Legendre nodes per interval of the adaptive scheme
+NODES = 3            # Gauss-Legendre nodes per interval of the adaptive scheme (3 needed the fewest points)
 
 
 @dataclass
@@ -122,8 +123,9 @@ class AnswerLogProb(torch.nn.Module):
 
 def baseline_embeds(embeds: torch.Tensor, pad_embed: torch.Tensor, kind: str, trace: tuple[int, int]):
     """The IG starting point: pad embeddings over the trace only (``pad-trace``), at every position (``pad``, the
-    paper's), or zeros. ``pad`` also replaces the chat template and the first token, an attention sink: F jumps
-    and oscillates along that path and the quadrature does not converge (reports/benchmark_attribution.md)."""
+    paper's), or zeros. Along the ``pad`` path no position holds a real token, and F jumps by several nats within
+    0.005 of alpha, so no affordable number of steps converges; keeping the first or every special token (attention
+    sinks) leaves the jumps, keeping the prompt removes them (reports/benchmark_attribution.md)."""
     if kind == "pad":
         return pad_embed.expand_as(embeds).clone()
     if kind == "pad-trace":
@@ -278,6 +280,10 @@ def memory_budget(device: torch.device) -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
 
 
+# the prompt's keys and values are computed once when it is at least this share of the input. Attending to a cache
+# takes SDPA's masked path instead of its causal kernel: on SmolLM2 (1 CPU thread) a step over 1,008 tokens with a
+# 250-token prompt cached cost 7.1 s against 9.8 s rerunning it, over 2,030 tokens 30.4 s against 27.7 s
+PREFIX_SHARE = 0.2
 CPU_BATCH_TOKENS = 2048  # on CPU, batches beyond ~2k tokens are no faster per point (benchmark: batch size table)
 
 
@@ -317,15 +323,50 @@ def gradient_checkpointing(model, enabled: bool):
         model.activation_checkpointing_disable()
 
 
-def cpu_threads() -> int:
-    """Torch threads for a CPU run: the cores that other processes leave idle (1-minute load average), at least one.
-    A thread sharing its core with another busy process stalls every parallel operation of the pass: on a loaded
-    2-core machine, one thread ran 3x faster than two (reports/benchmark_attribution.md)."""
+@torch.no_grad()
+def cpu_threads(model, n_tokens: int = 256) -> int:
+    """Torch threads for a CPU run, measured: a forward pass of ``n_tokens`` with one thread and with every core,
+    twice each, and the faster wins. Under load the answer flips: a thread that shares its core with another busy
+    process stalls every parallel operation (on 2 shared cores, one thread ran 3x faster than two; idle, two ran 1.7x
+    faster than one), and the load average lags too much to tell (reports/benchmark_attribution.md)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(cores, round(cores - os.getloadavg()[0])))
+    ids = torch.arange(n_tokens, device=model.device)[None] % getattr(model.config, "vocab_size", 1000)
+    best = {}
+    for n in (1, cores) * 2 if cores > 1 else ():
+        torch.set_num_threads(n)
+        t = time.perf_counter()
+        model(input_ids=ids, use_cache=False, logits_to_keep=1)
+        best[n] = min(best.get(n, math.inf), time.perf_counter() - t)
+    threads = min(best, key=best.get) if best else 1
+    torch.set_num_threads(threads)
+    return threads
 
 
-def attribute_record(model, tokenizer, rec: dict, *, steps: int = 16, method: str = "adaptive",
+def ig_path(model, a: Assembled, pad_id: int, baseline: str, batch_size: int | None = None,
+            checkpointing: bool | None = None, autocast: bool = False) -> tuple[Path, float, bool]:
+    """The path to integrate along for one input, ``(path, F(x), checkpointing)``, with the batch size and
+    checkpointing from ``auto_batch_size`` unless given."""
+    device = model.device
+    ids = a.input_ids.to(device)
+    emb = model.get_input_embeddings()
+    with torch.no_grad():
+        # the path is built in float32 whatever the model's dtype; F casts each point to it
+        x = emb(ids[:int(a.targets.max())])[None].float()                                # (1, n_tokens, H)
+        pad = emb(torch.tensor([pad_id], device=device))[0].float()
+    x0 = baseline_embeds(x, pad, baseline, a.trace)
+    same = int((x0[0] != x[0]).any(-1).int().argmax())  # the path starts to differ from the input here
+    if same < PREFIX_SHARE * x.shape[1]:  # a short prompt is cheaper to rerun than to attend to through a mask
+        same = 0
+    F = AnswerLogProb(model, ids, a.targets.to(device), prefix=x[:, :same], autocast=autocast)
+    f_in, point_bytes = activation_bytes(F, x)
+    auto_batch, auto_ckpt = auto_batch_size(device, F.n_tokens - F.start, point_bytes)
+    checkpointing = auto_ckpt if checkpointing is None else checkpointing
+    if checkpointing:  # Hugging Face's checkpointed layers drop the cache: the prompt is run at every point
+        F = AnswerLogProb(model, ids, a.targets.to(device), autocast=autocast)
+    return Path(F, x, x0, batch_size or auto_batch), f_in, checkpointing
+
+
+def attribute_record(model, tokenizer, rec: dict, *, steps: int = 15, method: str = "adaptive",
                      baseline: str = "pad-trace", pad_id: int | None = None, batch_size: int | None = None,
                      target_error: float | None = None, max_steps: int = 128, autocast: bool = False,
                      checkpointing: bool | None = None, answer_template: str = P.ANSWER_TEMPLATE) -> dict:
@@ -343,23 +384,8 @@ def attribute_record(model, tokenizer, rec: dict, *, steps: int = 16, method: st
                          f"the model's context of {limit}")
     if target_error is None and method == "adaptive":
         target_error = TARGET_ERROR
-    device = model.device
-    ids = a.input_ids.to(device)
-    emb = model.get_input_embeddings()
-    with torch.no_grad():
-        # the path is built in float32 whatever the model's dtype; F casts each point to it
-        x = emb(ids[:int(a.targets.max())])[None].float()                                # (1, n_tokens, H)
-        pad = emb(torch.tensor([pad_id if pad_id is not None else pad_token_id(tokenizer)], device=device))[0]
-        pad = pad.float()
-    x0 = baseline_embeds(x, pad, baseline, a.trace)
-    same = int((x0[0] != x[0]).any(-1).int().argmax())  # the path starts to differ from the input here
-    F = AnswerLogProb(model, ids, a.targets.to(device), prefix=x[:, :same], autocast=autocast)
-    f_in, point_bytes = activation_bytes(F, x)
-    auto_batch, auto_ckpt = auto_batch_size(device, F.n_tokens - F.start, point_bytes)
-    checkpointing = auto_ckpt if checkpointing is None else checkpointing
-    if checkpointing:  # Hugging Face's checkpointed layers drop the cache: the prompt is run at every point
-        F = AnswerLogProb(model, ids, a.targets.to(device), autocast=autocast)
-    path = Path(F, x, x0, batch_size or auto_batch)
+    path, f_in, checkpointing = ig_path(model, a, pad_id if pad_id is not None else pad_token_id(tokenizer),
+                                        baseline, batch_size, checkpointing, autocast)
     f_base = float(path.value([0.0])[0])
     with gradient_checkpointing(model, checkpointing):
         if method == "adaptive":
@@ -388,7 +414,7 @@ def attribute_record(model, tokenizer, rec: dict, *, steps: int = 16, method: st
         segment_entropy=[float(ent[s - t0:e - t0].mean()) if e > s else 0.0 for s, e in a.segments],
         prompt_attribution=float(scores[:t0].abs().sum()), answer_attribution=float(scores[a.trace[1]:].abs().sum()),
         f_input=f_in, f_baseline=f_base, attribution_sum=float(raw.sum()), completeness_error=err,
-        ig_steps=J, ig_method=method, ig_baseline=baseline, n_tokens=len(ids),
+        ig_steps=J, ig_method=method, ig_baseline=baseline, n_tokens=len(a.input_ids),
         attribution_seconds=time.perf_counter() - t_start,
     )
     if target_error:
@@ -409,7 +435,7 @@ class AttributeConfig:
     out: str = field(default="", metadata={"required": True, "help": "output JSON Lines (appended; resumable)"})
     model: str = field(default="smollm2-135m-instruct",
                        metadata={"help": "hub id, local folder, .gguf file or alias smollm2-135m-instruct"})
-    steps: int = field(default=16, metadata={"help": "IG steps J (with adaptive: the starting points, 4 per "
+    steps: int = field(default=15, metadata={"help": "IG steps J (with adaptive: the starting points, 3 per "
                                              "interval)"})
     method: str = field(default="adaptive", metadata={"choices": METHODS,
                         "help": "integration scheme: adaptive = Gauss-Legendre refined where the completeness "
@@ -429,8 +455,8 @@ class AttributeConfig:
     dtype: str = field(default="float32", metadata={"help": "float32, bfloat16, float16 or auto"})
     autocast: bool = field(default=False, metadata={"help": "bf16 autocast of the matrix products (GPU speed-up; "
                                                     "less exact: check completeness_error)"})
-    threads: int = field(default=0, metadata={"help": "CPU threads for torch (0: the cores other processes leave "
-                                              "idle)"})
+    threads: int = field(default=0, metadata={"help": "CPU threads for torch (0: one or every core, whichever "
+                                              "runs a test pass faster now)"})
     on_error: str = field(default="stop", metadata={"choices": ("stop", "skip"),
                           "help": "on a bad record: stop naming file:line, or report it and go on"})
     overwrite: bool = field(default=False, metadata={"help": "start OUT afresh instead of resuming"})
@@ -441,8 +467,10 @@ def run_attribute(cfg: AttributeConfig) -> str:
     from .records import run_stage
 
     model, tok = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
-    if model.device.type == "cpu":
-        torch.set_num_threads(cfg.threads or cpu_threads())
+    if model.device.type == "cpu" and cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    elif model.device.type == "cpu":
+        cpu_threads(model)
     pad = pad_token_id(tok, cfg.pad_token or None)
     opts = dict(steps=cfg.steps, method=cfg.method, baseline=cfg.baseline, pad_id=pad,
                 batch_size=cfg.batch_size or None, target_error=cfg.target_error, max_steps=cfg.max_steps,

@@ -22,7 +22,7 @@ from pathlib import Path
 from statistics import fmean
 from typing import Iterable
 
-from .prompt import format_prompt
+from .prompt import ANSWER_TEMPLATE, encode, format_prompt
 from .records import RecordError, finished_ids, load, read_jsonl
 
 log = logging.getLogger("segkit")
@@ -164,6 +164,34 @@ def generate(model, tokenizer, questions: list[str], n: int = 1, temperature: fl
             out[i].append({"text": tokenizer.decode(row[:n_tokens], skip_special_tokens=True),
                            "n_tokens": n_tokens})
     return [[dict(s[0]) for _ in range(n)] for s in out] if greedy else out
+
+
+def answer_after_trace(model, tokenizer, records: list[dict], answer_template: str = ANSWER_TEMPLATE,
+                       batch_size: int = 32) -> list[bool]:
+    """Per record: reading prompt + gold ``solution`` + the answer string up to the answer (``</think> So, the
+    final answer is \\boxed{``), does the model greedily write the gold ``answer`` and close the brace? This is
+    what the IG target asks of an attributor: that it reads the answer off the trace it is given."""
+    import torch
+
+    head, tail = answer_template.split("ANSWER", 1)
+    seqs, wanted = [], []
+    for r in records:
+        seqs.append(encode(tokenizer, format_prompt(tokenizer, r["question"]))[0] +
+                    encode(tokenizer, r["solution"] + head)[0])
+        wanted.append(str(r["answer"]) + tail[:1])
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    out = []
+    for b in range(0, len(seqs), batch_size):
+        batch, want = seqs[b:b + batch_size], wanted[b:b + batch_size]
+        width = max(map(len, batch))
+        ids = torch.tensor([[pad] * (width - len(s)) + s for s in batch], device=model.device)
+        mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in batch], device=model.device)
+        n_new = max(len(encode(tokenizer, w)[0]) for w in want) + 1
+        with torch.no_grad():
+            gen = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=n_new,
+                                 pad_token_id=pad)[:, width:]
+        out += [tokenizer.decode(g, skip_special_tokens=True).startswith(w) for g, w in zip(gen.tolist(), want)]
+    return out
 
 
 @dataclass

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import socket
@@ -93,10 +94,23 @@ def _from_pretrained(cls, where: str, gguf: str | None, **kw):
         return cls.from_pretrained(where, **kw)
 
 
+GENERIC_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
 def load_tokenizer(name: str):
-    from transformers import AutoTokenizer
+    """The tokenizer of a model folder, hub id or .gguf file.
+
+    A folder whose ``tokenizer_config.json`` names the generic backend (as the testbed's does) is loaded from its
+    ``tokenizer.json`` exactly as written: ``AutoTokenizer`` would otherwise pick the class registered for the
+    model type (``Qwen2Tokenizer`` for a Qwen2 config), which replaces the pre-tokenizer with Qwen2's own, so the
+    model would read text split differently from how it was trained."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     where, gguf = locate(name)
+    config = Path(where) / "tokenizer_config.json"
+    if not gguf and config.is_file() and (Path(where) / "tokenizer.json").is_file():
+        if json.loads(config.read_text()).get("tokenizer_class") in GENERIC_TOKENIZERS:
+            return PreTrainedTokenizerFast.from_pretrained(where)
     return _from_pretrained(AutoTokenizer, where, gguf)
 
 

@@ -7,6 +7,10 @@ reuses what is finished (and resumes a half-written attribution file), while cha
     >>> paths = build_testbed(cfg)                      # synth train/test + the attributor trained on full traces
     >>> attributed = attribute_traces(cfg)              # segment + attribute + select, one JSON Lines file
     >>> table = compare_modes(cfg, attributed)          # train every mode, evaluate, one row per (mode, seed)
+
+The first ``n_attribute`` training problems are the fine-tuning set (attributed, then trained on by every mode); the
+attributor learns from the others, so it attributes traces it has not seen, and it is the base model every mode
+fine-tunes from, as the paper fine-tunes one base model on LIMO's traces.
 """
 from __future__ import annotations
 
@@ -42,7 +46,10 @@ class PipelineConfig:
     target_error: float | None = None
     tau: float = 0.7
     beta: float = 0.8
-    # selective fine-tuning and evaluation
+    # selective fine-tuning and evaluation: every mode starts from `finetune_init` ("attributor": the base model
+    # trained on the other problems; "scratch": a fresh testbed model; or a model path)
+    finetune_init: str = "attributor"
+    finetune_lr: float = 1e-3
     modes: list = field(default_factory=lambda: list(MODES))
     seeds: list = field(default_factory=lambda: [0])
     train_epochs: float = 6.0
@@ -74,11 +81,15 @@ def build_testbed(cfg: PipelineConfig) -> dict[str, Path]:
     if cfg.attributor:
         paths["attributor"] = cfg.attributor
         return paths
-    model = root / f"attributor-{_key(epochs=cfg.attributor_epochs, train=cfg.train)}"
+    model = root / f"attributor-{_key(epochs=cfg.attributor_epochs, train=cfg.train, skip=cfg.n_attribute)}"
     if not (model / "train_summary.json").exists():
-        log.info("training the attributor on %d full traces", cfg.n_train)
+        if cfg.n_train <= cfg.n_attribute:
+            raise ValueError(f"n_train ({cfg.n_train}) must exceed n_attribute ({cfg.n_attribute}): the attributor "
+                             "trains on the problems after the first n_attribute")
+        log.info("training the attributor on %d full traces", cfg.n_train - cfg.n_attribute)
         opts = {**cfg.train, "epochs": cfg.attributor_epochs}
-        run_train(TrainConfig(data=str(paths["train"]), out=str(model), mode="full", seed=cfg.seed, **opts))
+        run_train(TrainConfig(data=str(paths["train"]), out=str(model), mode="full", seed=cfg.seed,
+                              skip=cfg.n_attribute, **opts))
     paths["attributor"] = model
     return paths
 
@@ -117,14 +128,26 @@ def attribute_traces(cfg: PipelineConfig, model: str | None = None, n: int | Non
     return selected
 
 
+def finetune_init(cfg: PipelineConfig) -> str:
+    """What every mode starts from: the attributor (the base model), ``scratch``, or a model path."""
+    return str(build_testbed(cfg)["attributor"]) if cfg.finetune_init == "attributor" else cfg.finetune_init
+
+
 def finetune(cfg: PipelineConfig, data: Path, mode: str, seed: int = 0) -> Path:
-    """Train a testbed model from scratch with ``mode`` on the selected traces in ``data``; cached."""
+    """Fine-tune ``finetune_init`` with ``mode`` on the selected traces in ``data``; cached."""
     from .train import TrainConfig, run_train
 
-    out = Path(data).parent / f"model-{mode}-seed{seed}-{_key(epochs=cfg.train_epochs, train=cfg.train)}"
+    init = finetune_init(cfg)
+    where = os.path.relpath(Path(init).resolve(), Path(cfg.workdir).resolve()) if Path(init).exists() else init
+    # the selection file is part of the key: modes other than full and oracle train on what it selects
+    key = _key(epochs=cfg.train_epochs, train=cfg.train, init=where, lr=cfg.finetune_lr, data=Path(data).name)
+    out = Path(data).parent / f"model-{mode}-seed{seed}-{key}"
     if not (out / "train_summary.json").exists():
+        opts = {**cfg.train, "lr": cfg.finetune_lr}
+        if init != "scratch":
+            opts.pop("size", None)
         run_train(TrainConfig(data=str(data), out=str(out), mode=mode, seed=seed, epochs=cfg.train_epochs,
-                              tau=cfg.tau, **cfg.train))
+                              tau=cfg.tau, init=init, **opts))
     return out
 
 
@@ -137,10 +160,35 @@ def evaluate_model(cfg: PipelineConfig, model_dir: Path) -> dict:
     summary_path = out.with_name(out.name.replace(".jsonl", ".summary.json"))
     if not summary_path.exists():
         run_evaluate(EvalConfig(model=str(model_dir), data=[str(test)], out=str(out), limit=cfg.n_eval,
-                                max_new_tokens=cfg.max_new_tokens, device=cfg.device, dtype="float32"))
+                                batch_size=32, max_new_tokens=cfg.max_new_tokens, device=cfg.device,
+                                dtype="float32"))
     summary = json.loads(summary_path.read_text())
     (dataset,) = summary["datasets"].values()
     return dataset
+
+
+def attributor_quality(cfg: PipelineConfig, model: str | None = None) -> dict:
+    """How well the attributor does on held-out problems: the share where it writes the gold answer after reading
+    the gold trace (what the IG target asks of it) and, for the testbed attributor, the share it solves by
+    generating its own trace (greedy). Cached next to the model when it is a folder."""
+    from .evaluate import answer_after_trace
+    from .models import load_model
+    from .records import load
+
+    paths = build_testbed(cfg)
+    model = str(model or paths["attributor"])
+    test = load(paths["test"])[:cfg.n_eval]
+    cache = Path(model) / f"quality-{_key(test=str(paths['test']), n=len(test))}.json" if Path(model).is_dir() \
+        else None
+    if cache is not None and cache.exists():
+        return json.loads(cache.read_text())
+    m, tok = load_model(model, device=cfg.device, dtype="float32")
+    quality = {"n_problems": len(test), "answer_after_gold_trace": sum(answer_after_trace(m, tok, test)) / len(test)}
+    if not cfg.attributor:
+        quality["own_trace_accuracy"] = evaluate_model(cfg, Path(model))["accuracy"]
+    if cache is not None:
+        cache.write_text(json.dumps(quality, indent=2) + "\n")
+    return quality
 
 
 def compare_modes(cfg: PipelineConfig, data: Path, modes=None, seeds=None):
@@ -149,6 +197,12 @@ def compare_modes(cfg: PipelineConfig, data: Path, modes=None, seeds=None):
     from tqdm.auto import tqdm
 
     rows = []
+    init = finetune_init(cfg)
+    if init != "scratch":  # the starting point, for reference: what fine-tuning changed
+        ev = evaluate_model(cfg, Path(init))
+        rows.append({"mode": "base", "seed": None, "accuracy": ev["accuracy"],
+                     "mean_length": ev["mean_length"], "trained_token_fraction": 0.0, "train_loss": None,
+                     "n_examples": 0, "train_seconds": 0.0, "model": init})
     runs = [(m, s) for m in (modes or cfg.modes) for s in (seeds or cfg.seeds)]
     for mode, seed in tqdm(runs, desc="modes"):
         model_dir = finetune(cfg, data, mode, seed)
@@ -169,5 +223,6 @@ def config_from(params: dict) -> PipelineConfig:
     return PipelineConfig(**params)
 
 
-__all__ = ["PipelineConfig", "build_testbed", "attribute_traces", "finetune", "evaluate_model", "compare_modes",
+__all__ = ["PipelineConfig", "build_testbed", "attribute_traces", "finetune_init", "finetune", "evaluate_model",
+           "attributor_quality", "compare_modes",
            "config_from", "MODES", "asdict"]

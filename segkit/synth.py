@@ -78,7 +78,8 @@ class SynthConfig:
     split: str = field(default="train", metadata={"choices": ["train", "test"],
                                                   "help": "which side of the hash split of questions"})
     test_fraction: float = field(default=0.1, metadata={"help": "share of the problem space that belongs to test"})
-    steps: int = field(default=3, metadata={"help": "derived variables the answer needs (chain length)"})
+    steps: int = field(default=2, metadata={"help": "derived variables the answer needs (chain length; 2 is the "
+                                             "default difficulty: see notebooks/params/default.yaml)"})
     distractors: int = field(default=1, metadata={"help": "variables defined in the question but not needed"})
     order: str = field(default="chain", metadata={"choices": ["chain", "shuffled"],
                                                   "help": "order of the definitions in the question"})
@@ -146,11 +147,11 @@ def _segment_text(rng: random.Random, p: Problem, role: str, done: list[str], nx
     """The body of one segment (after its opener) for ``role``; ``done`` = needed variables computed so far."""
     V = p.variables
     if role == "core":
-        return f" {rng.choice(('', 'now ', 'on to '))}step {p.needed.index(nxt) + 1}: " + _step(p, V[nxt])
+        return f" {rng.choice(('', 'now ', 'on to '))}{p.label(nxt)} " + _step(p, V[nxt])
     if role == "correction":
         v = V[nxt]
         wrong = rng.choice([x for x in range(p.modulus) if x != v.value])
-        return (f" step {p.needed.index(nxt) + 1}: {v.name} ={p.expr(v)} ={p.subst(v)}, so {v.name} = {wrong}."
+        return (f" {p.label(nxt)} {v.name} ={p.expr(v)} ={p.subst(v)}, so {v.name} = {wrong}."
                 f" No, that is wrong:{p.subst(v)} = {v.value}, so {v.name} = {v.value}.")
     if role == "verify":
         v = V[rng.choice(done)]
@@ -176,7 +177,7 @@ def _segment_text(rng: random.Random, p: Problem, role: str, done: list[str], nx
 def make_trace(rng: random.Random, p: Problem, cfg: SynthConfig, mix: dict[str, float]) -> tuple[str, list[str]]:
     """``(solution, segment_roles)``: the first segment restates the goal and takes the first step."""
     first = p.variables[p.needed[0]]
-    segments = [f"We need {p.target} modulo {p.modulus}. Start with step 1: {_step(p, first)}"]
+    segments = [f"We need {p.target} modulo {p.modulus}. Start with {p.label(first.name)} {_step(p, first)}"]
     roles, done = ["core"], [p.needed[0]]
     kinds, weights = zip(*mix.items())
 

@@ -135,9 +135,14 @@ def segments_for_mode(record: dict, mode: str, seed: int = 0, tau: float = TAU, 
 
 def build_example(tokenizer, record: dict, mode: str, *, seed: int = 0, tau: float = TAU,
                   always_keep: Sequence[str] = ALWAYS_KEEP, max_length: int | None = None,
-                  keywords="paper") -> dict:
-    """``{"input_ids", "labels"}`` for one record: prompt + solution + eos, labels ``-100`` except on the trained
-    segments (the mode's choice plus the always-kept ones; eos is trained with the last segment).
+                  keywords="paper", answer_template: str | None = P.ANSWER_TEMPLATE) -> dict:
+    """``{"input_ids", "labels"}`` for one record: prompt + solution + answer string + eos, labels ``-100`` except on
+    the trained segments (the mode's choice plus the always-kept ones; the answer string and eos are trained with
+    the last segment).
+
+    The answer string (``answer_template`` with the record's ``answer``: ``</think> So, the final answer is
+    \\boxed{42}``) closes the think block exactly as attribution does after the trace, so the IG target is text
+    the model was trained to produce; ``answer_template=None`` (or a record without ``answer``) leaves it out.
 
     Prompt and solution are tokenized separately; segment character spans become token spans through the
     solution's offsets. ``pruned`` drops the untrained segments from the text instead of masking them. With
@@ -155,10 +160,13 @@ def build_example(tokenizer, record: dict, mode: str, *, seed: int = 0, tau: flo
     for k in trained:
         s, e = spans[k]
         labels[s:e] = trace_ids[s:e]
-    eos = tokenizer.eos_token_id
+    closing = []
+    if answer_template and record.get("answer") is not None:
+        closing = P.encode(tokenizer, P.answer_text(str(record["answer"]), answer_template)[0])[0]
+    closing.append(tokenizer.eos_token_id)
     last_trained = bool(trained) and trained[-1] == len(segments) - 1
-    input_ids = prompt_ids + trace_ids + [eos]
-    labels = [-100] * len(prompt_ids) + labels + [eos if last_trained else -100]
+    input_ids = prompt_ids + trace_ids + closing
+    labels = [-100] * len(prompt_ids) + labels + (closing if last_trained else [-100] * len(closing))
     if max_length is not None:
         input_ids, labels = input_ids[:max_length], labels[:max_length]
     return {"input_ids": input_ids, "labels": labels}
@@ -181,7 +189,11 @@ class TrainConfig:
     tau: float = field(default=TAU, metadata={"help": "cumulative strength share for strength-only"})
     always_keep: list[str] = field(default_factory=lambda: list(ALWAYS_KEEP),
                                    metadata={"help": "segments trained whatever the mode: first second_to_last last"})
-    limit: int = field(default=0, metadata={"help": "train on the first N records only (0: all)"})
+    skip: int = field(default=0, metadata={"help": "leave out the first N records (held back for another use)"})
+    limit: int = field(default=0, metadata={"help": "train on the first N records only, after skip (0: all)"})
+    answer_template: str = field(default=P.ANSWER_TEMPLATE, metadata={
+        "help": "appended after the solution with the record's answer and trained with the last segment, as "
+                "attribution reads it after the trace ('' to train on the solution alone)"})
     threads: int = field(default=0, metadata={"help": "CPU threads for torch (0: torch's default)"})
 
 
@@ -191,7 +203,8 @@ def prepare(tokenizer, records: Sequence[dict], cfg: TrainConfig) -> tuple[list[
     examples, stats = [], {"n_records": len(records), "n_truncated": 0, "n_skipped": 0, "trained_tokens": 0,
                            "trace_tokens": 0}
     for rec in records:
-        ex = build_example(tokenizer, rec, cfg.mode, seed=cfg.seed, tau=cfg.tau, always_keep=cfg.always_keep)
+        ex = build_example(tokenizer, rec, cfg.mode, seed=cfg.seed, tau=cfg.tau, always_keep=cfg.always_keep,
+                           answer_template=cfg.answer_template or None)
         cut = len(ex["input_ids"]) > cfg.max_length
         if cut:
             ex = {k: v[:cfg.max_length] for k, v in ex.items()}
@@ -202,8 +215,10 @@ def prepare(tokenizer, records: Sequence[dict], cfg: TrainConfig) -> tuple[list[
                         ", cut by max_length" if cut else "")
             stats["n_skipped"] += 1
             continue
-        # the denominator is the whole trace (+ eos) as written, also for pruned, whose text is shorter
+        # the denominator is the whole trace (+ answer string + eos) as written, also for pruned, whose text is shorter
         full_len = len(P.encode(tokenizer, "".join(record_segments(rec)))[0]) + 1
+        if cfg.answer_template and rec.get("answer") is not None:  # the answer string counts as trace too
+            full_len += len(P.encode(tokenizer, P.answer_text(str(rec["answer"]), cfg.answer_template)[0])[0])
         stats["trained_tokens"] += n_trained
         stats["trace_tokens"] += full_len
         examples.append(ex)
@@ -232,7 +247,7 @@ def run_train(cfg: TrainConfig) -> str:
         torch.set_num_threads(cfg.threads)
     t0 = time.perf_counter()
     set_seed(cfg.seed)
-    records = load(cfg.data)[:cfg.limit or None]
+    records = load(cfg.data)[cfg.skip:][:cfg.limit or None]
     if not records:
         raise ValueError(f"{cfg.data}: no records")
     model, tokenizer = load_init(cfg, records)

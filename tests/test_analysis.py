@@ -49,7 +49,7 @@ def test_precision_recall_by_hand():
 
 
 def test_grid_table_by_hand():
-    g = A.grid_table([HAND], taus=[0.5, 0.9], betas=[0.8, 1.0]).set_index(["tau", "beta"])
+    g = A.grid_table([HAND], taus=[0.5, 0.9], betas=[0.8, 1.0], always_keep=()).set_index(["tau", "beta"])
     # tau 0.5, beta 0.8: segment 0 only (2 of 10 tokens); gap = mean(0, -1) - (-2) = 1.5; P 1, R 1/2
     row = g.loc[(0.5, 0.8)]
     assert (row.segment_ratio, row.token_ratio) == pytest.approx((1 / 3, 0.2))
@@ -63,8 +63,23 @@ def test_grid_table_by_hand():
     assert g.loc[(0.9, 0.8)].segment_ratio == pytest.approx(1 / 3)
 
 
+def test_always_kept_segments_do_not_steer_the_grid():
+    """The last segment (the answer) is strong, consistent and costly to remove; it is trained whatever (tau, beta)
+    is, so the grid scores only the segments in between."""
+    r = rec([0.1, 0.3, 0.1, 0.05, 0.45], [0.5, 0.5, 0.2, 0.3, 0.95], [2] * 5,
+            roles=["core", "core", "repeat", "verify", "final"], effect=[-1.0, -1.5, 0.0, -0.2, -5.0])
+    assert A.decided(r) == [1, 2] and A.decided(r, ["first"]) == [1, 2, 3, 4]
+    g = A.grid_table([r], taus=[0.8], betas=[0.8, 1.0]).set_index(["tau", "beta"])
+    # tau 0.8 takes segments 4, 1, 0 (0.85 of the strength); beta 0.8 drops 4: either way only 1 and 2 are scored
+    for beta in (0.8, 1.0):
+        assert g.loc[(0.8, beta), "confidence_gap"] == pytest.approx(0.0 - (-1.5))
+        assert (g.loc[(0.8, beta), "precision"], g.loc[(0.8, beta), "recall"]) == (1.0, 1.0)
+    with_last = A.grid_table([r], taus=[0.8], betas=[0.8, 1.0], always_keep=()).set_index(["tau", "beta"])
+    assert with_last.loc[(0.8, 1.0), "confidence_gap"] > with_last.loc[(0.8, 0.8), "confidence_gap"]
+
+
 def test_choose_tau_beta_and_the_choice_file(tmp_path):
-    g = A.grid_table([HAND], taus=[0.5, 0.9], betas=[0.8, 1.0])
+    g = A.grid_table([HAND], taus=[0.5, 0.9], betas=[0.8, 1.0], always_keep=())
     choice = A.choose_tau_beta(g)
     assert (choice["tau"], choice["beta"]) == (0.5, 0.8)  # gap 1.5; ties with (0.9, 0.8) go to tau 0.5 (first)
     assert A.choose_tau_beta(g, min_ratio=0.5)["beta"] == 1.0  # only the cells selecting 2 of 3 segments qualify
@@ -122,7 +137,7 @@ def test_summarise_modes_mean_and_std():
 def test_precision_recall_by_method_matches_the_rule():
     recs = [HAND, rec([0.1, 0.7, 0.2], [0.3, 0.5, 0.9], [1, 1, 1], roles=["repeat", "core", "final"], rid="u")]
     pr = A.precision_recall_by_method(recs, ["selective", "random", "strength-only"], tau=0.5, beta=0.8,
-                                      seeds=[0, 1]).set_index(["method", "seed"])
+                                      seeds=[0, 1], always_keep=()).set_index(["method", "seed"])
     # the IG rule at tau 0.5: segment 0 of HAND (core) and segment 1 of u (core): 2 of 3 useful segments
     assert pr.loc[("selective", 0), "precision"] == 1.0
     assert pr.loc[("selective", 0), "recall"] == pytest.approx(2 / 3)
@@ -139,13 +154,13 @@ def test_plots_return_labelled_figures():
         r.update(segment_log_perplexity=[1.0, 2.0, 3.0], segment_entropy=[0.5, 0.6, 0.7], completeness_error=0.01,
                  ig_steps=8, n_tokens=10)
     table = A.segment_table(recs)
-    grid = A.grid_table(recs, [0.5, 0.9], [0.8, 1.0])
+    grid = A.grid_table(recs, [0.5, 0.9], [0.8, 1.0], always_keep=())
     modes = pd.DataFrame({"mode": ["full", "selective"], "seed": [0, 0], "accuracy": [0.2, 0.3],
                           "mean_length": [10, 12], "trained_token_fraction": [1.0, 0.5]})
     figs = [A.plot_strength_consistency(table), A.plot_joint(table, beta=0.8),
             A.plot_strength_cdf(A.strength_cdf(recs)), A.plot_removal_effect(table), A.plot_segment_features(table),
             A.plot_completeness(A.completeness_table(recs)), A.plot_grid(grid, chosen=A.choose_tau_beta(grid)),
-            A.plot_modes(modes), A.plot_precision_recall(A.precision_recall_by_method(recs, tau=0.5))]
+            A.plot_modes(modes), A.plot_precision_recall(A.precision_recall_by_method(recs, tau=0.5, always_keep=()))]
     for fig in figs:
         assert isinstance(fig, Figure)
         main = [ax for ax in fig.axes if ax.get_visible() and ax.get_xlabel() and ax.get_ylabel()]

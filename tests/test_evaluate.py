@@ -202,3 +202,16 @@ def test_run_evaluate_end_to_end_and_resume(tiny, tmp_path):
     summary = json.loads(out.with_suffix(".summary.json").read_text())
     assert summary["datasets"]["math"]["n_problems"] == 3
     assert set(summary["datasets"]["math"]) >= {"accuracy", "pass@1", "pass@2", "mean_length"}
+
+
+@pytest.mark.slow
+def test_answer_after_trace_reads_the_answer_off_the_trace():
+    """SmolLM2 copies the answer a trace states into \\boxed{}; a gold answer the trace contradicts is not written."""
+    from segkit.evaluate import answer_after_trace
+    from segkit.models import load_model
+
+    model, tok = load_model("smollm2-135m-instruct", device="cpu", dtype="float32")
+    trace = "Adding the two numbers gives 42.\n\nWait, let me check: 40 + 2 = 42. So the sum is 42."
+    records = [{"question": "What is 40 + 2?", "solution": trace, "answer": "42"},
+               {"question": "What is 40 + 2?", "solution": trace, "answer": "17"}]
+    assert answer_after_trace(model, tok, records) == [True, False]

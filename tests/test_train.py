@@ -77,15 +77,18 @@ def test_trained_tokens_are_exactly_the_chosen_segments(tok, records, mode):
         ex = build_example(tok, rec, mode)
         prompt_ids = P.encode(tok, P.format_prompt(tok, rec["question"]))[0]
         assert ex["input_ids"][:len(prompt_ids)] == prompt_ids and set(ex["labels"][:len(prompt_ids)]) == {-100}
+        closing = P.answer_text(rec["answer"])[0] + tok.eos_token  # the think block closed with the answer
         if mode == "pruned":
             text = "".join(segs[i] for i in kept)
-            expected = [text + tok.eos_token]
+            expected = [text + closing]
         else:
             text = rec["solution"]
             expected = ["".join(segs[i] for i in run) for run in runs(kept)]
-            expected[-1] += tok.eos_token  # the last segment is kept, so eos is trained
-        assert tok.decode(ex["input_ids"][len(prompt_ids):]) == text + tok.eos_token
+            expected[-1] += closing  # the last segment is kept, so the answer string and eos are trained
+        assert tok.decode(ex["input_ids"][len(prompt_ids):]) == text + closing
         assert trained_texts(tok, ex) == expected
+        bare = build_example(tok, rec, mode, answer_template=None)
+        assert tok.decode(bare["input_ids"][len(prompt_ids):]) == text + tok.eos_token
 
 
 def test_other_modes_pick_as_many_segments_as_the_selection(records):
@@ -144,6 +147,23 @@ def test_trainer_run_saves_a_loadable_model(records, tmp_path):
     again = run_train(TrainConfig(data=str(data), out=str(tmp_path / "again"), init=str(out), mode="full",
                                   epochs=1, batch_size=16, limit=8))
     assert "8 examples" in again
+
+
+def test_saved_testbed_model_reads_text_as_it_was_trained(records, tmp_path):
+    """A Qwen2 config next to the tokenizer made AutoTokenizer load Qwen2Tokenizer, whose own pre-tokenizer split
+    " modulo 10" into " modul", "o", " ", ...: the model then read text unlike anything it was trained on."""
+    from segkit.models import load_model
+
+    texts = [P.PROMPT_SUFFIX, P.ANSWER_TEMPLATE] + [r["question"] + r["solution"] for r in records]
+    trained = build_tokenizer(texts)
+    build_model(trained, path=tmp_path)
+    _, loaded = load_model(str(tmp_path), device="cpu", dtype="float32")
+    for r in records[:5]:
+        text = P.format_prompt(trained, r["question"]) + r["solution"]
+        ids = [t(text, add_special_tokens=False)["input_ids"] for t in (loaded, trained)]
+        assert ids[0] == ids[1]
+    assert loaded.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False) == \
+        trained.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False)
 
 
 def test_tiny_model_is_about_a_million_parameters(tok):
