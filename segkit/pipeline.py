@@ -63,6 +63,12 @@ def _key(**parts) -> str:
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
+def _where(model: str, cfg: PipelineConfig) -> str:
+    """A model as a cache key: a local folder by its path relative to workdir (so relative and absolute spellings
+    share the cache), anything else (a hub id, an alias) as given."""
+    return os.path.relpath(Path(model).resolve(), Path(cfg.workdir).resolve()) if Path(model).exists() else model
+
+
 def _synth_key(cfg):
     return dict(n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.seed, synth=cfg.synth)
 
@@ -106,9 +112,7 @@ def attribute_traces(cfg: PipelineConfig, model: str | None = None, n: int | Non
     model = str(model or paths["attributor"])
     n = n or cfg.n_attribute
     name = Path(model).name if Path(model).exists() else model.replace("/", "_")
-    # a local model is keyed by its path relative to workdir, so relative and absolute spellings share the cache
-    where = os.path.relpath(Path(model).resolve(), Path(cfg.workdir).resolve()) if Path(model).exists() else model
-    key = _key(synth=_synth_key(cfg), model=where, n=n, steps=cfg.ig_steps, method=cfg.ig_method,
+    key = _key(synth=_synth_key(cfg), model=_where(model, cfg), n=n, steps=cfg.ig_steps, method=cfg.ig_method,
                baseline=cfg.ig_baseline, target_error=cfg.target_error)
     root = Path(cfg.workdir) / f"attributed-{name}-{key}"
     root.mkdir(parents=True, exist_ok=True)
@@ -138,9 +142,9 @@ def finetune(cfg: PipelineConfig, data: Path, mode: str, seed: int = 0) -> Path:
     from .train import TrainConfig, run_train
 
     init = finetune_init(cfg)
-    where = os.path.relpath(Path(init).resolve(), Path(cfg.workdir).resolve()) if Path(init).exists() else init
     # the selection file is part of the key: modes other than full and oracle train on what it selects
-    key = _key(epochs=cfg.train_epochs, train=cfg.train, init=where, lr=cfg.finetune_lr, data=Path(data).name)
+    key = _key(epochs=cfg.train_epochs, train=cfg.train, init=_where(init, cfg), lr=cfg.finetune_lr,
+               data=Path(data).name)
     out = Path(data).parent / f"model-{mode}-seed{seed}-{key}"
     if not (out / "train_summary.json").exists():
         opts = {**cfg.train, "lr": cfg.finetune_lr}
