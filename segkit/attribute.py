@@ -455,8 +455,8 @@ class AttributeConfig:
     dtype: str = field(default="float32", metadata={"help": "float32, bfloat16, float16 or auto"})
     autocast: bool = field(default=False, metadata={"help": "bf16 autocast of the matrix products (GPU speed-up; "
                                                     "less exact: check completeness_error)"})
-    threads: int = field(default=0, metadata={"help": "CPU threads for torch (0: one or every core, whichever "
-                                              "runs a test pass faster now)"})
+    threads: int = field(default=0, metadata={"help": "CPU threads for torch (0: OMP_NUM_THREADS if set, else one "
+                                              "or every core, whichever runs a test pass faster now)"})
     on_error: str = field(default="stop", metadata={"choices": ("stop", "skip"),
                           "help": "on a bad record: stop naming file:line, or report it and go on"})
     overwrite: bool = field(default=False, metadata={"help": "start OUT afresh instead of resuming"})
@@ -469,7 +469,9 @@ def run_attribute(cfg: AttributeConfig) -> str:
     model, tok = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     if model.device.type == "cpu" and cfg.threads:
         torch.set_num_threads(cfg.threads)
-    elif model.device.type == "cpu":
+    elif model.device.type == "cpu" and not os.environ.get("OMP_NUM_THREADS"):
+        # a thread count set by the user or by torchrun (1 per process) is kept: timing-based choices differ
+        # between runs, and the thread count changes the order of float sums in the last digits
         cpu_threads(model)
     pad = pad_token_id(tok, cfg.pad_token or None)
     opts = dict(steps=cfg.steps, method=cfg.method, baseline=cfg.baseline, pad_id=pad,
