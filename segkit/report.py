@@ -273,6 +273,10 @@ def run_report(cfg: ReportConfig) -> str:
                 (out_dir / f"{r.name}{suffix}").unlink(missing_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
 
+    # committed reports are reused only where this machine already held the pipeline's outputs when the run
+    # started (on a fresh clone `make report` runs the whole pipeline; the first notebook creates the workdir, which
+    # must not make the later ones look reusable), and never after a notebook upstream was executed again
+    reusable = workdir.exists() and not cfg.rerun
     rows, upstream, t_start, error = [], "", time.perf_counter(), None
     bar = tqdm(runs, desc="report", unit="notebook")
     for run in bar:
@@ -288,13 +292,12 @@ def run_report(cfg: ReportConfig) -> str:
             if meta:
                 row.update(status=f"earlier run ({meta.get('status', '?')})", seconds=meta.get("seconds", 0.0))
             continue
-        # committed reports are reused only where this machine holds the pipeline's outputs: on a fresh clone
-        # (no workdir yet) `make report` runs the whole pipeline
-        if not cfg.rerun and workdir.exists() and meta.get("fingerprint") == fp and meta.get("status") == "ok":
+        if reusable and meta.get("fingerprint") == fp and meta.get("status") == "ok":
             row.update(status="reused", seconds=meta.get("seconds", 0.0))
             if not target.with_suffix(".html").exists():
                 render_html(target, run.title, cfg.show_code)
             continue
+        reusable = False
         try:
             workdir.mkdir(parents=True, exist_ok=True)
             row.update(status="ok", seconds=execute(run, out_dir, cfg, fp))

@@ -1,5 +1,6 @@
 """The report runner on tiny notebooks (papermill, nbconvert, index.html, failure, reuse), and the shipped notebooks
 are clean: no outputs, exactly one `parameters` cell, and the default parameter file names only what they declare."""
+import shutil
 from pathlib import Path
 
 import nbformat
@@ -101,6 +102,18 @@ def test_runs_the_notebook_writes_html_and_index_then_reuses(project):
     run_report(project["cfg"]())
     assert executions(project) == 4
     assert "<strong>yo</strong>" in (reports / "01_tiny.html").read_text()
+
+
+def test_a_fresh_clone_runs_every_notebook_despite_committed_reports(project):
+    """Committed reports with matching fingerprints are reused only where the workdir existed before this run: the
+    first notebook creating it must not make the next ones look reusable (a fresh clone reused 3 of 4)."""
+    spec = {**project["spec"], "runs": [{"notebook": "01_tiny.ipynb", "title": "Tiny"},
+                                        {"notebook": "01_tiny.ipynb", "name": "again", "title": "Tiny again"}]}
+    project["params"].write_text(yaml.safe_dump(spec))
+    assert "2 notebooks run" in run_report(project["cfg"]()) and executions(project) == 2
+    shutil.rmtree(project["dir"] / "runs")  # a fresh clone: the reports are committed, the workdir is not
+    assert "2 notebooks run, 0 reused" in run_report(project["cfg"]()) and executions(project) == 4
+    assert "0 notebooks run, 2 reused" in run_report(project["cfg"]()) and executions(project) == 4
 
 
 def test_a_failing_cell_stops_the_run_and_keeps_the_partial_notebook(project):
