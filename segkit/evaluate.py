@@ -130,6 +130,16 @@ def read_benchmark(path) -> list[dict]:
     return problems
 
 
+def left_pad(seqs: list[list[int]], pad: int, device=None):
+    """``(input_ids, attention_mask)``, both ``(B, T)``: token lists padded on the left, as generation needs."""
+    import torch
+
+    width = max(map(len, seqs))
+    ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=device)
+    mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=device)
+    return ids, mask
+
+
 def generate(model, tokenizer, questions: list[str], n: int = 1, temperature: float = 0.0, top_p: float = 1.0,
              max_new_tokens: int = 32768, batch_size: int = 8, seed: int = 0) -> list[list[dict]]:
     """``n`` completions per question, each ``{"text", "n_tokens"}`` (tokens generated before eos/pad).
@@ -153,10 +163,9 @@ def generate(model, tokenizer, questions: list[str], n: int = 1, temperature: fl
     out: list[list[dict]] = [[] for _ in questions]
     for b in range(0, len(jobs), batch_size):
         batch = jobs[b:b + batch_size]
-        width = max(len(prompts[i]) for i in batch)
-        ids = torch.tensor([[pad] * (width - len(prompts[i])) + prompts[i] for i in batch])  # (B, T)
-        mask = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in batch])
-        seqs = model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
+        ids, mask = left_pad([prompts[i] for i in batch], pad, model.device)  # (B, T)
+        width = ids.shape[1]
+        seqs = model.generate(input_ids=ids, attention_mask=mask,
                               do_sample=not greedy, max_new_tokens=max_new_tokens, eos_token_id=sorted(eos),
                               pad_token_id=pad, **sampling)[:, width:].tolist()  # (B, new tokens)
         for i, row in zip(batch, seqs):
@@ -183,9 +192,8 @@ def answer_after_trace(model, tokenizer, records: list[dict], answer_template: s
     out = []
     for b in range(0, len(seqs), batch_size):
         batch, want = seqs[b:b + batch_size], wanted[b:b + batch_size]
-        width = max(map(len, batch))
-        ids = torch.tensor([[pad] * (width - len(s)) + s for s in batch], device=model.device)
-        mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in batch], device=model.device)
+        ids, mask = left_pad(batch, pad, model.device)
+        width = ids.shape[1]
         n_new = max(len(encode(tokenizer, w)[0]) for w in want) + 1
         with torch.no_grad():
             gen = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=n_new,
