@@ -15,10 +15,11 @@ import sys
 
 import torch
 
-from segkit import attribute as A
+from segkit import hardware, ig
 from segkit.models import load_model, pad_token_id
+from segkit.prompt import assemble
 from segkit.segment import segment
-from segkit.synth import SynthConfig, generate
+from segkit.synth import SynthConfig, make_records
 
 
 def main(argv=None) -> int:
@@ -29,20 +30,20 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args(argv)
     model, tok = load_model(args.model, device="cpu", dtype="float32")
-    threads = torch.set_num_threads(args.threads) or args.threads if args.threads else A.cpu_threads(model)
-    rec = generate(SynthConfig(out="", n=args.trace + 1, split="test"))[args.trace]
-    a = A.assemble(tok, rec["question"], segment(rec["solution"]), rec["answer"])
+    threads = hardware.set_cpu_threads(model, args.threads)
+    rec = make_records(SynthConfig(out="", n=args.trace + 1, split="test"))[args.trace]
+    a = assemble(tok, rec["question"], segment(rec["solution"]), rec["answer"])
     emb = model.get_input_embeddings()
     with torch.no_grad():
         x = emb(a.input_ids[:int(a.targets.max())])[None]
         pad = emb.weight[pad_token_id(tok)]
     special = torch.tensor([int(i) in tok.all_special_ids for i in a.input_ids[:x.shape[1]]])
-    full = A.baseline_embeds(x, pad, "pad", a.trace)
+    full = ig.baseline_embeds(x, pad, "pad", a.trace)
     keep0, keep_special = full.clone(), full.clone()
     keep0[:, 0] = x[:, 0]
     keep_special[:, special] = x[:, special]
     baselines = {"pad (the paper's)": full, "pad, first token kept": keep0,
-                 "pad, special tokens kept": keep_special, "pad-trace": A.baseline_embeds(x, pad, "pad-trace", a.trace)}
+                 "pad, special tokens kept": keep_special, "pad-trace": ig.baseline_embeds(x, pad, "pad-trace", a.trace)}
 
     alphas = torch.linspace(0, 1, args.points).tolist()
     step = 1 / (args.points - 1)
@@ -52,8 +53,8 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|---|---|")
     for name, x0 in baselines.items():
         same = int((x0[0] != x[0]).any(-1).int().argmax())
-        F = A.AnswerLogProb(model, a.input_ids, a.targets, prefix=x[:, :same])
-        f = A.Path(F, x, x0, 4).value(alphas)
+        F = ig.AnswerLogProb(model, a.input_ids, a.targets, prefix=x[:, :same])
+        f = ig.InterpolationPath(F, x, x0, 4).value(alphas)
         jumps = f.diff().abs()
         i = int(jumps.argmax())
         net, tv = float(f[-1] - f[0]), float(jumps.sum())

@@ -29,10 +29,12 @@ from pathlib import Path as FsPath
 import torch
 
 from segkit import attribute as A
+from segkit import hardware, ig
+from segkit.prompt import assemble
 from segkit.models import load_model, pad_token_id
 from segkit.score import consistency, strength
 from segkit.segment import segment
-from segkit.synth import SynthConfig, generate
+from segkit.synth import SynthConfig, make_records
 
 ROOT = FsPath(__file__).resolve().parents[1]
 SMOL = "smollm2-135m-instruct"
@@ -52,7 +54,7 @@ def paper_loop(model, tokenizer, rec: dict, steps: int = 50, weights: bool = Fal
     ``weights=False`` asks autograd for the input gradient only (the strong baseline); ``weights=True`` is the loop
     as often written, ``f.backward()`` on a model whose weights require gradients, which also computes (and
     accumulates) every weight's gradient."""
-    a = A.assemble(tokenizer, rec["question"], rec["segments"], rec["answer"])
+    a = assemble(tokenizer, rec["question"], rec["segments"], rec["answer"])
     emb = model.get_input_embeddings()
     x = emb(a.input_ids)[None].detach()
     x0 = emb(torch.tensor([pad_token_id(tokenizer)]))[0].detach().expand_as(x)
@@ -84,16 +86,16 @@ def paper_loop(model, tokenizer, rec: dict, steps: int = 50, weights: bool = Fal
 
 def testbed_records(n: int, seed: int = 0, **synth) -> list[dict]:
     """Testbed traces (`segkit synth`, test split), segmented."""
-    recs = generate(SynthConfig(out="", n=n, seed=seed, split="test", **synth))
+    recs = make_records(SynthConfig(out="", n=n, seed=seed, split="test", **synth))
     return [{**r, "segments": segment(r["solution"])} for r in recs]
 
 
 def record_of_length(tokenizer, n_tokens: int, seed: int = 0) -> dict:
     """A testbed record whose model input is about ``n_tokens`` tokens: a very long synth trace cut at segment
     boundaries, keeping its final segment (which states the answer)."""
-    (rec,) = testbed_records(1, seed=seed, steps=16, redundant=60)
+    (rec,) = testbed_records(1, seed=seed, chain_length=16, redundant=60)
     segs, q = rec["segments"], rec["question"]
-    base = len(A.assemble(tokenizer, q, [segs[-1]], rec["answer"]).input_ids)
+    base = len(assemble(tokenizer, q, [segs[-1]], rec["answer"]).input_ids)
     kept, total = [], base
     for s in segs[:-1]:
         cost = len(tokenizer(s, add_special_tokens=False)["input_ids"])
@@ -158,9 +160,9 @@ def timed(fn, *args, threads: int | None = None, **kw):
     return out, time.perf_counter() - t, mem.mib
 
 
-def segkit_path(model, tok, rec: dict, baseline: str = "pad") -> A.Path:
+def segkit_path(model, tok, rec: dict, baseline: str = "pad") -> ig.InterpolationPath:
     """The path `attribute_record` integrates along, with its automatic batch size."""
-    a = A.assemble(tok, rec["question"], rec["segments"], rec["answer"])
+    a = assemble(tok, rec["question"], rec["segments"], rec["answer"])
     return A.ig_path(model, a, pad_token_id(tok), baseline)[0]
 
 
@@ -187,7 +189,7 @@ def paper_settings(model, tok, rec, default_threads: int, auto_threads: int, out
     """Same settings, same output: the paper's loop against segkit, J = 50, pad at every position."""
     print("  paper settings", flush=True)
     opts = dict(method="paper", baseline="pad", steps=50, pad_id=pad_token_id(tok))
-    a = A.assemble(tok, rec["question"], rec["segments"], rec["answer"])
+    a = assemble(tok, rec["question"], rec["segments"], rec["answer"])
     raw, t_paper, m_paper = timed(paper_loop, model, tok, rec, 50, threads=default_threads)
     raw_w, t_paper_w, m_paper_w = timed(paper_loop, model, tok, rec, 50, weights=True, threads=default_threads)
     ref = (raw / raw.norm())[a.trace[0]:a.trace[1]]
@@ -220,8 +222,8 @@ def paper_settings(model, tok, rec, default_threads: int, auto_threads: int, out
 def paper_record(model, tok, rec: dict, steps: int, threads: int) -> dict:
     """The paper's loop on one record, timed, with the fields `attribute_record` would give its scores."""
     raw, seconds, _ = timed(paper_loop, model, tok, rec, steps, threads=threads)
-    a = A.assemble(tok, rec["question"], rec["segments"], rec["answer"])
-    F = A.AnswerLogProb(model, a.input_ids, a.targets)
+    a = assemble(tok, rec["question"], rec["segments"], rec["answer"])
+    F = ig.AnswerLogProb(model, a.input_ids, a.targets)
     emb = model.get_input_embeddings()
     with torch.no_grad():
         x = emb(a.input_ids)[None]
@@ -229,7 +231,7 @@ def paper_record(model, tok, rec: dict, steps: int, threads: int) -> dict:
     scores = raw / raw.norm()
     per_segment = [scores[s:e].tolist() for s, e in a.segments]
     return {"attribution_seconds": seconds, "ig_steps": steps, "strength": strength(per_segment),
-            "consistency": consistency(per_segment), "completeness_error": A.completeness_error(raw, f_in, f_base)}
+            "consistency": consistency(per_segment), "completeness_error": ig.completeness_error(raw, f_in, f_base)}
 
 
 def default_settings(model, tok, recs, ref_opts: dict, out: list[str], stability: bool, paper_threads: int,
@@ -276,7 +278,7 @@ def scaling(model, tok, lengths, steps: int, paper: bool, out: list[str]) -> Non
         if n > getattr(model.config, "max_position_embeddings", 1 << 30):
             continue
         rec = record_of_length(tok, n)
-        row = [len(A.assemble(tok, rec["question"], rec["segments"], rec["answer"]).input_ids)]
+        row = [len(assemble(tok, rec["question"], rec["segments"], rec["answer"]).input_ids)]
         if paper:
             _, t, m = timed(paper_loop, model, tok, rec, 1)
             row += [t, round(m)]
@@ -294,13 +296,13 @@ def batch_sizes(model, tok, n_tokens: int, sizes, out: list[str]) -> None:
     """Seconds per path point against points per pass (best of 2), with the measured activation memory."""
     rec = record_of_length(tok, n_tokens)
     path = segkit_path(model, tok, rec)
-    _, point_bytes = A.activation_bytes(path.F, path.x0)
+    _, point_bytes = hardware.activation_bytes(path.F, path.x0)
     rows = []
     for b in sizes:
         path.batch_size = b
         t = steps_time(lambda k: path.integrand(torch.linspace(0.1, 1, k).tolist()), b)
         rows.append([path.F.n_tokens, b, t, f"{b * point_bytes / 2 ** 20:.0f}"])
-    auto = A.auto_batch_size(path.x0.device, path.F.n_tokens - path.F.start, point_bytes)[0]
+    auto = hardware.auto_batch_size(path.x0.device, path.F.n_tokens - path.F.start, point_bytes)[0]
     out += table(["tokens", "batch", "s/point", "activation MiB"], rows)
     out += ["", f"{path.F.n_tokens} tokens: {point_bytes / path.F.n_tokens / 1024:.1f} KiB of activations per token "
             f"and point (measured); auto batch on this machine: {auto}.", ""]
@@ -359,7 +361,7 @@ def main(argv=None) -> int:
            f"load average at start {os.getloadavg()[0]:.1f} (other processes share the cores). "
            + (f"Every run uses {args.threads} thread(s). " if args.threads else
               f"The paper's loop runs with torch's default threads ({default_threads}), segkit with its measured "
-              "choice (`cpu_threads`). ") +
+              "choice (`segkit.hardware.fastest_cpu_threads`). ") +
            f"Command: `python benchmarks/attribution_speed.py {' '.join(argv if argv is not None else sys.argv[1:])}`.",
            ""]
     blocks = {}
@@ -369,7 +371,7 @@ def main(argv=None) -> int:
     for label, name in models:
         model, tok = load_model(name, device="cpu", dtype="float32")
         smol = label == "SmolLM2"
-        auto_threads = args.threads or A.cpu_threads(model)
+        auto_threads = args.threads or hardware.fastest_cpu_threads(model)
         torch.set_num_threads(auto_threads)
         print(f"== {label}: segkit runs with {auto_threads} threads", flush=True)
         recs = testbed_records(max(args.traces, args.smol_traces))
@@ -388,7 +390,7 @@ def main(argv=None) -> int:
                            section("paper", "paper settings, the paper's loop against segkit, same output"))
         if "default" in args.sections:
             # the reference: adaptive quadrature refined to a tenth of the default's completeness error
-            ref = dict(method="adaptive", baseline="pad-trace", steps=15, target_error=A.TARGET_ERROR / 10,
+            ref = dict(method="adaptive", baseline="pad-trace", steps=A.STEPS, target_error=A.TARGET_ERROR / 10,
                        max_steps=args.ref_steps)
             default_settings(model, tok, recs, ref, section("default", f"default settings against the paper's "
                                                              f"({len(recs)} testbed traces)"),

@@ -5,6 +5,10 @@
     segkit select runs/attributed.jsonl --out runs/selected.jsonl --tau 0.7 --beta 0.8
 
 Every subcommand takes ``--help``; options are the fields of the stage's dataclass, with their help strings.
+Only the chosen stage's module is imported (``segkit --help`` answers at once), and everything that can be checked
+before the work starts is: option ranges (the dataclass's ``__post_init__``), input files (fields whose metadata
+says ``"input": True``) and the output path (``"output": "file"`` or ``"folder"``: never an input, never a device).
+Errors are one line ``segkit CMD: error: ...`` and exit 2; Ctrl-C is one line and exit 130.
 """
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import argparse
 import dataclasses
 import importlib
 import logging
+import os
 import sys
 import time
 import typing
@@ -27,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "evaluate": ("segkit.evaluate", "EvalConfig", "run_evaluate", "generate, grade and score a model"),
     "report": ("segkit.report", "ReportConfig", "run_report", "run the notebooks with papermill into reports/"),
 }
+EXIT_ERROR, EXIT_INTERRUPTED = 2, 130  # argparse's code for usage errors; 128 + SIGINT, as shells report Ctrl-C
 
 
 def add_dataclass_args(parser: argparse.ArgumentParser, cls) -> None:
@@ -54,6 +60,25 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls) -> None:
                                 **kw)
 
 
+def to_argv(cfg) -> list[str]:
+    """The command-line options that rebuild ``cfg`` through ``add_dataclass_args`` (its inverse), e.g. to run a
+    stage in another environment's ``segkit``."""
+    argv, hints = [], typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.metadata.get("positional"):
+            argv.insert(0, str(value))
+            continue
+        name = "--" + f.name.replace("_", "-")
+        if hints[f.name] is bool:
+            argv.append(name if value else "--no-" + name[2:])
+        elif isinstance(value, (list, tuple)):
+            argv += [name, *map(str, value)]
+        elif value is not None:
+            argv += [name, str(value)]
+    return argv
+
+
 def _strip_optional(typ):
     args = [a for a in typing.get_args(typ) if a is not type(None)]
     return args[0] if typing.get_origin(typ) in (typing.Union, getattr(__import__("types"), "UnionType", None)) \
@@ -65,36 +90,78 @@ def _scalar(typ):
     return typ if typ in (int, float, str) else str
 
 
-def build_parser() -> argparse.ArgumentParser:
+def config_class(command: str):
+    """The options dataclass of a command (imports that stage's module: an ImportError is not hidden)."""
+    module, cls_name, _, _ = COMMANDS[command]
+    return getattr(importlib.import_module(module), cls_name)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only ``command``'s subparser gets its options (importing that stage alone)."""
     parser = argparse.ArgumentParser(prog="segkit", description=__doc__.split("\n")[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (module, cls_name, _, help_) in COMMANDS.items():
+    for name, (_, _, _, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
-        try:
-            cls = getattr(importlib.import_module(module), cls_name)
-        except (ImportError, AttributeError):  # a stage not installed in this build
-            continue
-        add_dataclass_args(p, cls)
+        if name == command:
+            add_dataclass_args(p, config_class(name))
     return parser
 
 
+def _command(argv: list[str]) -> str | None:
+    """The subcommand named in ``argv``: the first word that is not an option (only -v and -h come before it)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def check_paths(cfg) -> None:
+    """Before any work: input files exist and are readable; the output is not one of them and can be a file (or
+    folder). Fields opt in through their metadata: ``"input": True``, ``"output": "file"`` or ``"folder"``."""
+    from .records import check_output
+
+    inputs, outputs = [], []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.metadata.get("input"):
+            inputs += [str(v) for v in (value if isinstance(value, (list, tuple)) else [value]) if str(v)]
+        if f.metadata.get("output") and str(value):
+            outputs.append((str(value), f.metadata["output"] == "folder"))
+    for path in inputs:
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path}: no such file")
+        if os.path.isdir(path) or not os.access(path, os.R_OK):
+            raise FileNotFoundError(f"{path}: {'a folder, not a file' if os.path.isdir(path) else 'not readable'}")
+    for out, folder in outputs:
+        check_output(out, *inputs, folder=folder)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    command = _command(argv)
+    args = build_parser(command if command in COMMANDS else None).parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    module, cls_name, fn_name, _ = COMMANDS[args.command]
-    mod = importlib.import_module(module)
-    cls = getattr(mod, cls_name)
-    cfg = cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+    from . import records
+
+    cls = config_class(args.command)
+    mod = sys.modules[cls.__module__]
+    errors = (records.RecordError, records.OutputError, FileNotFoundError, ValueError, OSError,
+              *getattr(mod, "ERRORS", ()))
+    records.PROGRESS.done, records.PROGRESS.rewriting = 0, False
     t0 = time.perf_counter()
-    from .records import RecordError
-    errors = (RecordError, FileNotFoundError, ValueError, OSError) + tuple(getattr(mod, "ERRORS", ()))
     try:
-        summary = getattr(mod, fn_name)(cfg)
+        cfg = cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})  # validates its options
+        check_paths(cfg)
+        summary = getattr(mod, COMMANDS[args.command][2])(cfg)
     except errors as e:
+        logging.getLogger("segkit").debug("traceback", exc_info=True)
         print(f"segkit {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        n = records.PROGRESS.done
+        then = ("the output was left as it was; rerun the same command to start again" if records.PROGRESS.rewriting
+                else "rerun the same command to resume")
+        print(f"segkit {args.command}: interrupted after {n} record{'s' * (n != 1)}; {then}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     print(f"segkit {args.command}: {summary} ({time.perf_counter() - t0:.1f} s)")
     return 0
 

@@ -14,6 +14,7 @@ import json
 import logging
 import re
 import threading
+import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
@@ -22,8 +23,10 @@ from pathlib import Path
 from statistics import fmean
 from typing import Iterable
 
-from .prompt import ANSWER_TEMPLATE, encode, format_prompt
-from .records import RecordError, finished_ids, load, read_jsonl
+from .generation import ENGINES, check_engine, load_engine, vllm_here, vllm_segkit
+from .prompt import ANSWER_TEMPLATE, assemble
+from .records import (RecordError, atomic_write, check_output, finished_ids, load, owner, rank_world, read_jsonl,
+                      run_stage, shard_path)
 
 log = logging.getLogger("segkit")
 
@@ -130,75 +133,34 @@ def read_benchmark(path) -> list[dict]:
     return problems
 
 
-def left_pad(seqs: list[list[int]], pad: int, device=None):
-    """``(input_ids, attention_mask)``, both ``(B, T)``: token lists padded on the left, as generation needs."""
-    import torch
-
-    width = max(map(len, seqs))
-    ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=device)
-    mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=device)
-    return ids, mask
-
-
-def generate(model, tokenizer, questions: list[str], n: int = 1, temperature: float = 0.0, top_p: float = 1.0,
-             max_new_tokens: int = 32768, batch_size: int = 8, seed: int = 0) -> list[list[dict]]:
-    """``n`` completions per question, each ``{"text", "n_tokens"}`` (tokens generated before eos/pad).
-
-    Greedy when ``temperature == 0``: one generation per question, copied ``n`` times (they would be identical).
-    Sampling draws from ``temperature`` and ``top_p`` only (no top-k). Rows are left-padded into batches of
-    ``batch_size`` sequences; the same seed and batch size give the same samples.
-    """
-    import torch
-
-    greedy = temperature == 0
-    prompts = [tokenizer(format_prompt(tokenizer, q), add_special_tokens=False)["input_ids"] for q in questions]
-    eos = model.generation_config.eos_token_id
-    eos = {*(eos if isinstance(eos, list) else [eos]), tokenizer.eos_token_id} - {None}
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos)
-    stop = eos | {pad}
-    sampling = {} if greedy else {"temperature": temperature, "top_p": top_p, "top_k": 0}
-    torch.manual_seed(seed)
-
-    jobs = [i for i, _ in enumerate(prompts) for _ in range(1 if greedy else n)]  # a question per sequence
-    out: list[list[dict]] = [[] for _ in questions]
-    for b in range(0, len(jobs), batch_size):
-        batch = jobs[b:b + batch_size]
-        ids, mask = left_pad([prompts[i] for i in batch], pad, model.device)  # (B, T)
-        width = ids.shape[1]
-        seqs = model.generate(input_ids=ids, attention_mask=mask,
-                              do_sample=not greedy, max_new_tokens=max_new_tokens, eos_token_id=sorted(eos),
-                              pad_token_id=pad, **sampling)[:, width:].tolist()  # (B, new tokens)
-        for i, row in zip(batch, seqs):
-            n_tokens = next((t for t, tok in enumerate(row) if tok in stop), len(row))
-            out[i].append({"text": tokenizer.decode(row[:n_tokens], skip_special_tokens=True),
-                           "n_tokens": n_tokens})
-    return [[dict(s[0]) for _ in range(n)] for s in out] if greedy else out
-
-
 def answer_after_trace(model, tokenizer, records: list[dict], answer_template: str = ANSWER_TEMPLATE,
                        batch_size: int = 32) -> list[bool]:
     """Per record: reading prompt + gold ``solution`` + the answer string up to the answer (``</think> So, the
     final answer is \\boxed{``), does the model greedily write the gold ``answer`` and close the brace? This is
-    what the IG target asks of an attributor: that it reads the answer off the trace it is given."""
+    what the IG target asks of an attributor: that it reads the answer off the trace it is given. The input is
+    ``prompt.assemble``'s, cut before the first answer token, so it is token for token what attribution reads."""
     import torch
 
-    head, tail = answer_template.split("ANSWER", 1)
-    seqs, wanted = [], []
+    from .generation import left_pad
+    from .models import pad_token_id
+
+    seqs, rests = [], []
     for r in records:
-        seqs.append(encode(tokenizer, format_prompt(tokenizer, r["question"]))[0] +
-                    encode(tokenizer, r["solution"] + head)[0])
-        wanted.append(str(r["answer"]) + tail[:1])
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        parts = assemble(tokenizer, r["question"], [r["solution"]], r["answer"], answer_template)
+        ids, first = parts.input_ids.tolist(), int(parts.targets[0])
+        seqs.append(ids[:first])
+        rests.append(ids[first:])  # the answer's tokens and what closes the template (the brace)
+    pad = pad_token_id(tokenizer)
     out = []
     for b in range(0, len(seqs), batch_size):
-        batch, want = seqs[b:b + batch_size], wanted[b:b + batch_size]
+        batch, rest = seqs[b:b + batch_size], rests[b:b + batch_size]
         ids, mask = left_pad(batch, pad, model.device)
         width = ids.shape[1]
-        n_new = max(len(encode(tokenizer, w)[0]) for w in want) + 1
         with torch.no_grad():
-            gen = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=n_new,
-                                 pad_token_id=pad)[:, width:]
-        out += [tokenizer.decode(g, skip_special_tokens=True).startswith(w) for g, w in zip(gen.tolist(), want)]
+            gen = model.generate(input_ids=ids, attention_mask=mask, do_sample=False,
+                                 max_new_tokens=max(map(len, rest)) + 1, pad_token_id=pad)[:, width:]
+        out += [tokenizer.decode(g, skip_special_tokens=True).startswith(tokenizer.decode(w))
+                for g, w in zip(gen.tolist(), rest)]
     return out
 
 
@@ -210,21 +172,34 @@ class EvalConfig:
                 "each file is one dataset, named by its stem"})
     out: str = field(default="runs/eval.jsonl", metadata={
         "help": "per-problem samples, answers, correctness and lengths (JSON Lines; rerun to resume); "
-                "the table goes next to it as .summary.json"})
+                "the table goes next to it as .summary.json, the problem list as .problems.jsonl"})
+    engine: str = field(default="hf", metadata={"choices": list(ENGINES), "help": "hf: transformers generate "
+                        "(the CPU default); vllm: vLLM's offline engine (`make vllm` builds .venv-vllm with it)"})
     n: int = field(default=1, metadata={"help": "samples per problem (avg@n, pass@k)"})
     temperature: float = field(default=0.0, metadata={
         "help": "0 is greedy (one generation copied n times); DeepSeek-R1 recommends 0.6 with top-p 0.95"})
     top_p: float = field(default=0.95, metadata={"help": "nucleus sampling threshold (when temperature > 0)"})
     max_new_tokens: int = field(default=32768, metadata={"help": "generation budget per sample"})
-    batch_size: int = field(default=8, metadata={"help": "sequences generated together"})
+    batch_size: int = field(default=8, metadata={"help": "sequences generated together (hf)"})
     seed: int = field(default=0, metadata={"help": "sampling seed"})
-    device: str = field(default="auto", metadata={"help": "cuda, cpu, mps or auto"})
+    device: str = field(default="auto", metadata={"help": "cuda, cpu, mps or auto (hf)"})
     dtype: str = field(default="auto", metadata={"help": "bfloat16, float16, float32 or auto"})
+    tensor_parallel_size: int = field(default=1, metadata={
+        "help": "GPUs one vLLM engine spans (vllm); data parallel is the processes of torchrun/accelerate"})
+    gpu_memory_utilization: float = field(default=0.0, metadata={
+        "help": "share of GPU memory vLLM takes, of RAM on a CPU build (vllm; 0: 0.9 on a GPU, 0.3 on a CPU)"})
     limit: int = field(default=0, metadata={"help": "evaluate only the first LIMIT problems of each file (0: all)"})
     multiple_choice: str = field(default="auto", metadata={
         "help": "grade letters A-J instead of maths; auto: when every gold answer of a file is a single letter",
         "choices": ["auto", "yes", "no"]})
     overwrite: bool = field(default=False, metadata={"help": "start OUT afresh instead of resuming"})
+
+    def __post_init__(self):
+        check_engine(self.engine)
+        if self.n < 1 or self.batch_size < 1 or self.tensor_parallel_size < 1:
+            raise ValueError("--n, --batch-size and --tensor-parallel-size must be at least 1")
+        if not 0 <= self.gpu_memory_utilization <= 1:
+            raise ValueError("--gpu-memory-utilization is a share in (0, 1] (0: automatic)")
 
 
 def _summary_line(table: dict[str, dict]) -> str:
@@ -235,58 +210,115 @@ def _summary_line(table: dict[str, dict]) -> str:
     return "; ".join(row(name, r) for name, r in table.items())
 
 
-def run_evaluate(cfg: EvalConfig) -> str:
-    """Generate, grade and append one record per problem to ``cfg.out``; write the summary table; return one line."""
-    from tqdm.auto import tqdm
-
-    if not cfg.model or not cfg.data:
-        raise ValueError("need a model and at least one benchmark: pass --model M --data FILE [FILE ...]")
-    if cfg.n < 1 or cfg.batch_size < 1:
-        raise ValueError("n and batch_size must be at least 1")
-    datasets: dict[str, list[dict]] = {}
+def problem_list(cfg: EvalConfig) -> list[dict]:
+    """Every problem to evaluate as a record ``{"id": "<file stem>/<id>", "dataset", "question", "gold",
+    "multiple_choice"}``, in file order: the input ``records.run_stage`` shards, resumes and merges by."""
+    problems, names = [], set()
     for path in cfg.data:
         name = Path(path).stem
-        if name in datasets:
+        if name in names:
             raise ValueError(f"two benchmark files are named {name!r}; rename one (records are keyed by file stem)")
-        datasets[name] = read_benchmark(path)[:cfg.limit or None]
+        names.add(name)
+        rows = read_benchmark(path)
+        golds = [p["gold"] for p in rows]  # the whole file decides, whatever --limit takes
+        mc = cfg.multiple_choice == "yes" or (cfg.multiple_choice == "auto" and all(_MC_GOLD.match(g) for g in golds))
+        problems += [{"id": f"{name}/{p['id']}", "dataset": name, "question": p["question"], "gold": p["gold"],
+                      "multiple_choice": mc} for p in rows[:cfg.limit or None]]
+    return problems
 
-    out = Path(cfg.out)
-    if cfg.overwrite and out.exists():
-        out.unlink()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    done = set(finished_ids(out))
-    todo = {name: [p for p in problems if f"{name}/{p['id']}" not in done] for name, problems in datasets.items()}
-    if any(todo.values()):
-        from .models import load_model
 
-        model, tokenizer = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
-        per_call = max(1, cfg.batch_size // (1 if cfg.temperature == 0 else cfg.n))  # problems per generate call
-        with out.open("a", encoding="utf-8") as f, tqdm(total=sum(map(len, todo.values())), unit="problem",
-                                                          desc="evaluate") as bar:
-            for name, pending in todo.items():
-                golds = [p["gold"] for p in datasets[name]]
-                mc = cfg.multiple_choice == "yes" or (cfg.multiple_choice == "auto" and
-                                                      all(_MC_GOLD.match(g) for g in golds))
-                pending.sort(key=lambda p: len(p["question"]), reverse=True)  # similar lengths share a batch
-                for b in range(0, len(pending), per_call):
-                    part = pending[b:b + per_call]
-                    samples = generate(model, tokenizer, [p["question"] for p in part], n=cfg.n,
-                                       temperature=cfg.temperature, top_p=cfg.top_p,
-                                       max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-                                       seed=cfg.seed + b)
-                    for p, ss in zip(part, samples):
-                        answers = [extract_answer(s["text"]) for s in ss]
-                        rec = {"id": f"{name}/{p['id']}", "dataset": name, "question": p["question"],
-                               "gold": p["gold"], "multiple_choice": mc, "samples": [s["text"] for s in ss],
-                               "answers": answers, "correct": [grade(a, p["gold"], mc) for a in answers],
-                               "n_tokens": [s["n_tokens"] for s in ss]}
-                        f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-                        f.flush()
-                    bar.update(len(part))
+def _run_in_vllm_env(cfg: EvalConfig) -> str:
+    """``segkit evaluate`` with the same options in the environment that has vLLM (``make vllm``); same records."""
+    import subprocess
 
+    from .cli import to_argv
+
+    cmd = [vllm_segkit(), "evaluate", *to_argv(cfg)]
+    log.info("vLLM is not installed here: running %s", " ".join(cmd))
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{cmd[0]} evaluate failed (exit {done.returncode}); its messages are above")
+    return done.stdout.strip().splitlines()[-1] if done.stdout.strip() else "done"
+
+
+def run_evaluate(cfg: EvalConfig) -> str:
+    """Generate, grade and append one record per problem to ``cfg.out`` through ``records.run_stage`` (under
+    torchrun/accelerate each rank takes its share); write the summary table; return one line."""
+    if not cfg.model or not cfg.data:
+        raise ValueError("need a model and at least one benchmark: pass --model M --data FILE [FILE ...]")
+    out = check_output(cfg.out, *cfg.data)
+    if cfg.engine == "vllm" and not vllm_here():  # vLLM pins its own transformers: it lives in .venv-vllm
+        return _run_in_vllm_env(cfg)
+    problems = problem_list(cfg)
+    src = out.with_name(out.stem + ".problems.jsonl")
+    text = "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in problems)
+    if not src.exists() or src.read_text(encoding="utf-8") != text:  # every rank writes the same bytes
+        with atomic_write(src) as f:
+            f.write(text)
+    sample = batched_sampler(cfg, out, problems)
+
+    def evaluate_problem(p: dict) -> dict:
+        samples = sample(p)
+        answers = [extract_answer(s["text"]) for s in samples]
+        return {**p, "samples": [s["text"] for s in samples], "answers": answers,
+                "correct": [grade(a, p["gold"], p["multiple_choice"]) for a in answers],
+                "n_tokens": [s["n_tokens"] for s in samples]}
+
+    res = run_stage(evaluate_problem, src, out, required=("question", "gold"), overwrite=cfg.overwrite,
+                    desc="evaluate")
+    wanted = [p["id"] for p in problems]
+    have = set(finished_ids(out)) if out.exists() else set()
+    if not have.issuperset(wanted):  # another rank merges once every shard is complete
+        rank, world = rank_world()
+        return f"rank {rank} of {world}: {res.done} problems evaluated, {res.resumed} resumed -> {out}"
     # the table covers exactly this configuration's problems, including those resumed from an earlier run
-    wanted = {f"{name}/{p['id']}" for name, problems in datasets.items() for p in problems}
-    table = evaluate_samples(r for r in load(out) if r["id"] in wanted)
+    table = evaluate_samples(r for r in load(out) if r["id"] in set(wanted))
     summary = out.with_suffix(".summary.json")
-    summary.write_text(json.dumps({"config": asdict(cfg), "datasets": table}, indent=2) + "\n", encoding="utf-8")
+    report = {"config": asdict(cfg), "datasets": table, "timing": sample.timing}
+    summary.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return f"{_summary_line(table)} -> {summary}"
+
+
+def batched_sampler(cfg: EvalConfig, out: Path, problems: list[dict]):
+    """``sample(problem) -> samples``, called by ``run_stage`` one problem at a time in input order. On a miss
+    it samples a batch at once: this problem and the next ones this rank will be asked for (its share, not yet
+    in OUT or its shard), so the engine sees full batches. The engine is loaded only if this rank has work."""
+    rank, world = rank_world()
+    done = set() if cfg.overwrite else set(finished_ids(out)) | set(finished_ids(shard_path(out, rank, world)))
+    mine = [p for p in problems if (world == 1 or owner(p["id"], world) == rank) and p["id"] not in done]
+    position = {p["id"]: i for i, p in enumerate(mine)}
+    # vLLM schedules its own batches: give it many problems per call (a resume loses at most one call's work)
+    per_call = 256 if cfg.engine == "vllm" else max(1, cfg.batch_size // (1 if cfg.temperature == 0 else cfg.n))
+    cache: dict[str, list[dict]] = {}
+    timing = {"engine": cfg.engine, "load_seconds": 0.0, "sample_seconds": 0.0, "generated_tokens": 0}
+    engines = []
+
+    def engine():
+        if not engines:
+            t0 = time.perf_counter()
+            engines.append(load_engine(cfg.model, cfg.engine, device=cfg.device, dtype=cfg.dtype,
+                                       batch_size=cfg.batch_size, tensor_parallel_size=cfg.tensor_parallel_size,
+                                       gpu_memory_utilization=cfg.gpu_memory_utilization, seed=cfg.seed))
+            timing["load_seconds"] = time.perf_counter() - t0
+        return engines[0]
+
+    if mine:  # loaded now, not inside run_stage, so a model that fails to load is not blamed on a problem
+        engine()
+
+    def sample(p: dict) -> list[dict]:
+        if p["id"] not in cache:
+            t0 = time.perf_counter()
+            i = position.get(p["id"])
+            part = [p] if i is None else mine[i:i + per_call]
+            drawn = engine().sample([q["question"] for q in part], [q["id"] for q in part], n=cfg.n,
+                                    temperature=cfg.temperature, top_p=cfg.top_p,
+                                    max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + (i or 0))
+            cache.update((q["id"], s) for q, s in zip(part, drawn))
+            timing["sample_seconds"] += time.perf_counter() - t0
+            # a greedy sample is drawn once and copied n times: count what the engine generated
+            timing["generated_tokens"] += sum(sum(x["n_tokens"] for x in (s[:1] if cfg.temperature == 0 else s))
+                                              for s in drawn)
+        return cache.pop(p["id"])
+
+    sample.timing = timing  # what this invocation spent (resumed problems cost nothing)
+    return sample

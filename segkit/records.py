@@ -1,21 +1,40 @@
 """JSON Lines records: one record per trace, fields added stage by stage.
 
-Reading names the file and line of bad input; writing appends and flushes record by record, so an interrupted
-stage loses nothing it finished and a rerun resumes where it stopped (records already in OUT are skipped).
+Reading names the file and line of bad input (not UTF-8, not JSON, a duplicate id, a missing or mistyped field);
+writing appends and flushes record by record, so an interrupted stage loses nothing it finished and a rerun
+resumes where it stopped (records already in OUT are skipped). Stages that rewrite OUT build it beside and rename
+it into place, so a failed run leaves the previous OUT as it was; no stage writes onto a file it reads.
 
-    >>> for rec in run_stage(fn, "in.jsonl", "out.jsonl"): ...
+    run_stage(lambda r: {**r, "n_chars": len(r["solution"])}, "in.jsonl", "out.jsonl", required=("solution",))
 """
 from __future__ import annotations
 
+import codecs
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, TextIO
+
+from .fields import describe, problem
 
 log = logging.getLogger("segkit")
+ON_ERROR = ("stop", "skip")  # what a stage does at a bad record: stop naming file:line, or report it and go on
+DEDUPE = ("stop", "suffix")  # what reading does with a repeated id: stop naming both lines, or make it id#2, id#3
+
+
+def stage_options(reads: str, writes: str = "output JSON Lines"):
+    """The options every record stage's config shares, as dataclass fields: ``(input, out, on_error, unique_ids)``."""
+    return (field(metadata={"positional": True, "input": True, "help": reads}),
+            field(default="", metadata={"required": True, "output": "file", "help": writes}),
+            field(default="stop", metadata={"choices": ON_ERROR,
+                                            "help": "on a bad record: stop naming file:line, or report it and go on"}),
+            field(default="stop", metadata={"choices": DEDUPE, "help": "on a repeated id: stop naming both lines, "
+                                                                       "or rename it id#2, id#3"}))
 
 
 class RecordError(ValueError):
@@ -26,13 +45,101 @@ class RecordError(ValueError):
         super().__init__(f"{path}:{line}: {message}")
 
 
-def iter_jsonl(path) -> Iterator[tuple[int, dict | RecordError]]:
-    """Yield ``(line_number, record)``, or ``(line_number, RecordError)`` for a line that is not a JSON object."""
+class OutputError(ValueError):
+    """An output path the stage must not write: one of its inputs, a device, a folder where a file goes, ..."""
+
+
+@dataclass
+class Progress:
+    """Records written by the running stage (the command line reports it when interrupted)."""
+    done: int = 0
+    rewriting: bool = False  # True while OUT is being rebuilt beside itself (an interrupt leaves OUT as it was)
+
+
+PROGRESS = Progress()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# outputs
+
+
+def check_output(out, *reads, folder: bool = False) -> Path:
+    """``out`` as a Path, or OutputError (one line) if writing it could destroy input or cannot make a file.
+
+    OUT must be a regular file or a new path (``folder=True``: a folder or a new path), must not be any of
+    ``reads`` (the same file through any path or link), nor lie inside, be or contain a folder among ``reads``."""
+    out = Path(out)
+    if not str(out):
+        raise OutputError("no output path given")
+    if out.exists():
+        mode = out.stat().st_mode
+        if folder and not stat.S_ISDIR(mode):
+            raise OutputError(f"{out}: exists and is not a folder; choose a new path or a folder")
+        if not folder and not stat.S_ISREG(mode):
+            kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a device, pipe or socket)"
+            raise OutputError(f"{out}: is {kind}; the output must be a regular file or a new path")
+    target = out.resolve()
+    for r in reads:
+        if r is None or not str(r):
+            continue
+        r = Path(r)
+        same = os.path.samefile(out, r) if out.exists() and r.exists() else target == r.resolve()
+        if same:
+            raise OutputError(f"{out}: is the input {r}; choose another output path")
+        if folder and r.is_dir() and (r.resolve() in target.parents or target in r.resolve().parents):
+            raise OutputError(f"{out}: lies {'inside' if r.resolve() in target.parents else 'around'} the input "
+                              f"folder {r}; choose an output folder apart from it")
+    return out
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode: str = "w"):
+    """Open a temporary file beside ``path`` for writing; on success it replaces ``path`` in one rename, on any
+    failure (Ctrl-C included) it is removed and ``path`` stays as it was. Never replaces a device or a folder."""
+    path = check_output(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open(mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def dump(records: Iterable[dict], path) -> Path:
+    """Write records to ``path`` atomically (a temporary file, then a rename)."""
+    with atomic_write(path) as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    return Path(path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# reading
+
+
+def iter_jsonl(path, dedupe_ids: str = "stop") -> Iterator[tuple[int, dict | RecordError]]:
+    """Yield ``(line_number, record)``, or ``(line_number, RecordError)`` for a line that is not UTF-8, not a JSON
+    object, or repeats an id. A record without ``id`` gets its line number; ids are compared as strings, so ``7``
+    and ``"7"`` are the same id. ``dedupe_ids="suffix"`` renames a repeat to ``id#2``, ``id#3``, ... instead.
+    A UTF-8 byte-order mark at the start of the file is read past."""
+    if dedupe_ids not in DEDUPE:
+        raise ValueError(f"dedupe_ids must be one of {DEDUPE}, not {dedupe_ids!r}")
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    seen: dict[str, int] = {}
+    with path.open("rb") as f:  # binary, so that one undecodable line is that line's error only
+        for n, raw in enumerate(f, 1):
+            if n == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8):]
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield n, RecordError(path, n, f"not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})")
+                continue
             if not line.strip():
                 continue
             try:
@@ -41,43 +148,45 @@ def iter_jsonl(path) -> Iterator[tuple[int, dict | RecordError]]:
                 yield n, RecordError(path, n, f"not JSON ({e.msg} at column {e.colno})")
                 continue
             if not isinstance(rec, dict):
-                yield n, RecordError(path, n, f"expected a JSON object, got {type(rec).__name__}")
+                yield n, RecordError(path, n, f"expected a JSON object, got {describe(rec)}")
                 continue
-            rec.setdefault("id", str(n))  # a stable key for resuming and merging: the input line
+            rid = rec.setdefault("id", str(n))  # a stable key for resuming and merging: the input line
+            if isinstance(rid, bool) or not isinstance(rid, (str, int)) or rid == "":
+                yield n, RecordError(path, n, f"field 'id': expected a non-empty string or integer, "
+                                              f"got {describe(rid)}")
+                continue
+            key = str(rid)
+            if key in seen:
+                if dedupe_ids == "stop":
+                    yield n, RecordError(path, n, f"duplicate id {key!r} (first at line {seen[key]}); give every "
+                                                  f"record its own id (--unique-ids suffix renames repeats)")
+                    continue
+                k = 2
+                while f"{key}#{k}" in seen:
+                    k += 1
+                key = rec["id"] = f"{key}#{k}"
+            seen[key] = n
             yield n, rec
 
 
-def read_jsonl(path) -> Iterator[tuple[int, dict]]:
-    """Yield ``(line_number, record)``; blank lines are skipped, anything else that is not a JSON object raises."""
-    for n, rec in iter_jsonl(path):
+def read_jsonl(path, dedupe_ids: str = "stop") -> Iterator[tuple[int, dict]]:
+    """Yield ``(line_number, record)``; blank lines are skipped, any bad line raises its RecordError."""
+    for n, rec in iter_jsonl(path, dedupe_ids):
         if isinstance(rec, RecordError):
             raise rec
         yield n, rec
 
 
-def load(path) -> list[dict]:
-    return [r for _, r in read_jsonl(path)]
-
-
-def dump(records: Iterable[dict], path) -> Path:
-    """Write records to ``path`` atomically (write a temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-    return path
+def load(path, dedupe_ids: str = "stop") -> list[dict]:
+    return [r for _, r in read_jsonl(path, dedupe_ids)]
 
 
 def require(rec: dict, fields: Iterable[str], path, line: int) -> None:
-    missing = [k for k in fields if k not in rec]
-    if missing:
-        hint = {"segments": " (run `segkit segment` first)",
-                "attributions": " (run `segkit attribute` first)",
-                "selected_spans_ids": " (run `segkit select` first)"}
-        raise RecordError(path, line, "missing field " + ", ".join(f"'{k}'{hint.get(k, '')}" for k in missing))
+    """RecordError (``path:line: field 'answer': expected ..., got null``) unless every one of ``fields`` is in
+    ``rec`` with the type ``segkit.fields.FIELDS`` gives it."""
+    message = problem(rec, fields)
+    if message:
+        raise RecordError(path, line, message)
 
 
 def finished_ids(path) -> list[str]:
@@ -87,13 +196,13 @@ def finished_ids(path) -> list[str]:
         return []
     ids, good_bytes = [], 0
     with path.open("rb") as f:
-        for raw in f:
+        for n, raw in enumerate(f, 1):
             try:
                 ids.append(str(json.loads(raw)["id"]))
             except (ValueError, KeyError, TypeError):
                 if raw.endswith(b"\n"):  # a bad line in the middle is not ours to delete
-                    raise RecordError(path, len(ids) + 1, "output file holds a line that is not a record; "
-                                      "move it away or pass --overwrite")
+                    raise RecordError(path, n, "output file holds a line that is not a record; "
+                                      "move it away or pass --overwrite") from None
                 break
             good_bytes += len(raw)
     if good_bytes < path.stat().st_size:
@@ -101,6 +210,10 @@ def finished_ids(path) -> list[str]:
         with path.open("r+b") as f:
             f.truncate(good_bytes)
     return ids
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# running a stage over a file, in one process or several
 
 
 @dataclass
@@ -116,6 +229,13 @@ def rank_world() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
+def launch_id() -> str:
+    """What the processes of one launch share and another launch does not: ``SEGKIT_RUN_ID`` if set, else
+    torchrun's run id (``--rdzv-id``; a fresh uuid under ``--standalone``), else this host and launcher process."""
+    run = os.environ.get("SEGKIT_RUN_ID") or os.environ.get("TORCHELASTIC_RUN_ID", "none")
+    return run if run != "none" else f"{os.uname().nodename}:{os.getppid()}"
+
+
 def owner(record_id: str, world: int) -> int:
     """The rank that processes a record: a hash of its id, so sharding does not depend on order or launch."""
     return int(hashlib.sha1(str(record_id).encode()).hexdigest(), 16) % world
@@ -126,78 +246,99 @@ def shard_path(out, rank: int, world: int) -> Path:
     return out.with_name(f"{out.stem}.rank{rank}-of-{world}{out.suffix}")
 
 
-def run_stage(fn: Callable[[dict], dict], src, out, *, required=("question", "solution", "answer"),
-              on_error: str = "stop", overwrite: bool = False, progress: bool = True, desc: str = "",
-              world: tuple[int, int] | None = None) -> StageResult:
-    """Apply ``fn`` to every record of ``src`` and append the results to ``out``.
-
-    Records whose id is already in ``out`` are not recomputed (resume). A bad record (missing field, or ``fn``
-    raising ``ValueError``) stops the run with ``file:line`` named (``on_error="stop"``) or is reported and
-    skipped (``"skip"``); either way what was written before stays.
-
-    Under torchrun/accelerate (``world=(rank, n)``, default from the environment) each rank takes the records
-    whose id hashes to it, appends them to its own shard file (``OUT.rankR-of-N.jsonl``, resumable), and the
-    rank that finds every shard complete merges them into ``out`` in input order. A rank that died is simply
-    relaunched: it skips what its shard already holds.
-    """
-    rank, n_ranks = world or rank_world()
-    src, out = Path(src), Path(out)
-    if overwrite and rank == 0:
-        for p in [out] + [shard_path(out, r, n_ranks) for r in range(n_ranks)]:
-            p.unlink(missing_ok=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if n_ranks == 1:
-        return _run(fn, src, out, set(finished_ids(out)), lambda rec: True, required, on_error, progress, desc)
-    shard = shard_path(out, rank, n_ranks)
-    done = set(finished_ids(out)) | set(finished_ids(shard))
-    result = _run(fn, src, shard, done, lambda rec: owner(rec["id"], n_ranks) == rank, required, on_error,
-                  progress, desc or f"rank {rank}")
-    # skipped records are listed beside the shard, so the merging rank knows they will never come
-    _skipped_path(shard).write_text("".join(json.dumps(i) + "\n" for i in result.skipped_ids))
-    merge_shards(src, out, n_ranks)
-    return result
-
-
-def _skipped_path(shard: Path) -> Path:
+def _marker_path(shard: Path) -> Path:
+    """Written by a rank when it has finished: the launch and the ids it skipped (they will never come)."""
     return shard.with_name(shard.name + ".skipped")
 
 
-def merge_shards(src, out, n_ranks: int) -> bool:
-    """Merge the shard files into ``out`` in input order once they hold every record; False if not yet."""
+def run_stage(fn: Callable[[dict], dict], src, out, *, required=("question", "solution", "answer"),
+              on_error: str = "stop", overwrite: bool = False, progress: bool = True, desc: str = "",
+              world: tuple[int, int] | None = None, dedupe_ids: str = "stop") -> StageResult:
+    """Apply ``fn`` to every record of ``src`` and append the results to ``out``.
+
+    Refuses (OutputError) an ``out`` that is ``src`` or not a regular file. Records whose id is already in ``out``
+    are not recomputed (resume); ``overwrite`` instead builds a new ``out`` beside the old one and renames it into
+    place at the end, so a failed or interrupted run leaves the old ``out`` whole. A bad record (unreadable line,
+    duplicate id, missing or mistyped field in ``required``, or ``fn`` raising any Exception) stops the run with
+    ``file:line`` named (``on_error="stop"``) or is reported and skipped (``"skip"``); either way what was written
+    before stays. ``dedupe_ids="suffix"`` renames repeated ids (``id#2``) instead of stopping at them.
+
+    Under torchrun/accelerate (``world=(rank, n)``, default from the environment) each rank takes the records
+    whose id hashes to it, appends them to its own shard file (``OUT.rankR-of-N.jsonl``, resumable), and the
+    rank that finds every shard complete merges them into ``out`` in input order (one atomic rename). A rank that
+    died is simply relaunched: it skips what its shard already holds. With ``overwrite`` each rank empties only
+    its own shard, and only shards finished in this launch are merged.
+    """
+    rank, n_ranks = world or rank_world()
+    src, out = Path(src), check_output(out, src)
+    if not src.exists():
+        raise FileNotFoundError(f"{src}: no such file")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    args = dict(fn=fn, src=src, required=required, on_error=on_error, progress=progress, dedupe_ids=dedupe_ids)
+    if n_ranks == 1:
+        if overwrite:
+            PROGRESS.rewriting = True  # until the rename: an interrupt before it leaves OUT as it was
+            with atomic_write(out) as f:
+                result = _run(f, set(), lambda rec: True, desc=desc or fn.__name__, **args)
+            PROGRESS.rewriting = False
+            return result
+        done = set(finished_ids(out))
+        with out.open("a", encoding="utf-8") as f:
+            return _run(f, done, lambda rec: True, desc=desc or fn.__name__, **args)
+    shard = shard_path(out, rank, n_ranks)
+    if overwrite:  # this rank's files only: the others may be reading theirs, and OUT is replaced by the merge
+        shard.unlink(missing_ok=True)
+        _marker_path(shard).unlink(missing_ok=True)
+    done = set(finished_ids(shard)) | (set() if overwrite else set(finished_ids(out)))
+    with shard.open("a", encoding="utf-8") as f:
+        result = _run(f, done, lambda rec: owner(rec["id"], n_ranks) == rank, desc=desc or f"rank {rank}", **args)
+    with atomic_write(_marker_path(shard)) as f:
+        json.dump({"launch": launch_id(), "skipped": result.skipped_ids}, f)
+    merge_shards(src, out, n_ranks, dedupe_ids=dedupe_ids, fresh=overwrite)
+    return result
+
+
+def merge_shards(src, out, n_ranks: int, dedupe_ids: str = "stop", fresh: bool = False) -> bool:
+    """Merge the shard files into ``out`` in input order once they hold every record; False if not yet.
+
+    ``fresh`` (an overwriting launch): records already in ``out`` are not taken, and a shard counts only if it was
+    finished by this launch (``launch_id``), so a shard left by an earlier run is never merged in."""
     src, out = Path(src), Path(out)
+    skipped: set[str] = set()
+    for r in range(n_ranks):
+        p = _marker_path(shard_path(out, r, n_ranks))
+        try:
+            marker = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # that rank has not finished (or died: relaunch it)
+            return False
+        if fresh and marker.get("launch") != launch_id():
+            log.info("%s: rank %d has not finished in this launch; not merged yet", out, r)
+            return False
+        skipped |= set(marker.get("skipped", ()))
     have: dict[str, str] = {}
-    for p in [out] + [shard_path(out, r, n_ranks) for r in range(n_ranks)]:
+    for p in ([] if fresh else [out]) + [shard_path(out, r, n_ranks) for r in range(n_ranks)]:
         if p.exists():
             with p.open(encoding="utf-8") as f:
                 for line in f:
-                    if line.strip():
-                        have.setdefault(str(json.loads(line)["id"]), line if line.endswith("\n") else line + "\n")
-    order = [str(r["id"]) for _, r in iter_jsonl(src) if isinstance(r, dict)]
-    skipped = set()
-    for r in range(n_ranks):
-        p = _skipped_path(shard_path(out, r, n_ranks))
-        if not p.exists():  # that rank has not finished (or died: relaunch it)
-            return False
-        skipped |= {str(json.loads(line)) for line in p.read_text().splitlines()}
+                    if line.endswith("\n") and line.strip():  # a line still being written is not taken
+                        have.setdefault(str(json.loads(line)["id"]), line)
+    order = [str(r["id"]) for _, r in iter_jsonl(src, dedupe_ids) if isinstance(r, dict)]
     if any(i not in have and i not in skipped for i in order):
         return False
-    tmp = out.with_name(f"{out.name}.merge-{os.getpid()}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
+    with atomic_write(out) as f:  # a concurrent merge by another rank writes the same content
         f.writelines(have[i] for i in order if i in have)
-    os.replace(tmp, out)  # atomic: a concurrent merge by another rank writes the same content
     return True
 
 
-def _run(fn, src: Path, out: Path, done: set, mine: Callable[[dict], bool], required, on_error, progress,
-         desc) -> StageResult:
+def _run(f: TextIO, done: set, mine: Callable[[dict], bool], *, fn, src: Path, required, on_error, progress,
+         desc, dedupe_ids) -> StageResult:
     from tqdm.auto import tqdm
 
     # records stream through one at a time, so a bad line stops the run only after everything before it is saved
-    todo = ((n, r) for n, r in iter_jsonl(src) if not isinstance(r, dict) or mine(r))
+    total = sum(1 for _, r in iter_jsonl(src, dedupe_ids) if not isinstance(r, dict) or mine(r))
+    todo = ((n, r) for n, r in iter_jsonl(src, dedupe_ids) if not isinstance(r, dict) or mine(r))
     result = StageResult()
-    total = sum(1 for _, r in iter_jsonl(src) if not isinstance(r, dict) or mine(r))
-    with out.open("a", encoding="utf-8") as f, tqdm(total=total, desc=desc or fn.__name__,
-                                                      disable=not progress, unit="rec") as bar:
+    with tqdm(total=total, desc=desc, disable=not progress, unit="rec") as bar:
         for n, rec in todo:
             bar.update()
             if isinstance(rec, dict) and str(rec["id"]) in done:
@@ -210,12 +351,14 @@ def _run(fn, src: Path, out: Path, done: set, mine: Callable[[dict], bool], requ
                 new = fn(rec)
             except RecordError as e:
                 err = e
-            except ValueError as e:
-                err = RecordError(src, n, str(e))
+            except Exception as e:  # any failure on one record is that record's: named, and skippable
+                err = RecordError(src, n, str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}")
+                err.__cause__ = e
             else:
                 f.write(json.dumps(new, ensure_ascii=False) + "\n")
                 f.flush()
                 result.done += 1
+                PROGRESS.done += 1
                 continue
             if on_error == "stop":
                 raise err

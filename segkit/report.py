@@ -3,14 +3,16 @@
 The parameter file (YAML, default ``notebooks/params/default.yaml``) has ``parameters`` shared by every notebook
 (each gets those its ``parameters`` cell declares) and ``runs``, the notebooks in order, each with its own
 ``parameters`` on top; a notebook may run more than once under different names (01 with the testbed attributor
-and again with SmolLM2). For every run, ``OUT/NAME.ipynb`` (executed) and ``OUT/NAME.html`` are written, and
-``OUT/index.html`` links them with the parameters, package versions and run times.
+and again with SmolLM2); ``make_data`` names stand-in data files to write first (``segkit.params``). For every
+run, ``OUT/NAME.ipynb`` (executed) and ``OUT/NAME.html`` are written, and ``OUT/index.html`` links them with the
+parameters, package versions and run times.
 
-The pipeline's steps cache their outputs in ``WORKDIR/<parameter file stem>``; on top of that a run whose
-notebook, parameters and upstream runs are unchanged since its last successful execution is not executed again
-(segkit's own code is not part of that check: after changing it, ``rerun`` executes every notebook again over the
-cached steps). ``fresh`` deletes both caches first. A failing cell stops the run: the partial notebook (with the error) and its
-HTML are saved and the error is raised.
+The pipeline's steps cache their outputs in ``WORKDIR/<parameter file stem>``, keyed on their options, inputs
+and code; on top of that a run whose notebook, parameters, upstream runs and segkit code are unchanged since its
+last successful execution is not executed again (after a code change every notebook runs again, and the pipeline
+recomputes only the steps whose code changed). ``fresh`` deletes both caches first. ``check`` validates the
+parameter file without running anything (``segkit.params.check_params``). A failing cell stops the run: the
+partial notebook (with the error) and its HTML are saved and the error is raised.
 
     >>> run_report(ReportConfig(params="notebooks/params/default.yaml", out="reports", workdir="runs"))
 """
@@ -19,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import html
 import json
-import os
 import platform
 import re
 import shutil
@@ -31,14 +32,15 @@ from importlib import metadata
 from pathlib import Path
 
 import nbformat
-import yaml
+
+from .params import CheckError, Run, check_params, load_params, make_data
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = ROOT / "notebooks"
+# the notebooks are not installed with the package: they are looked for in the source tree (a clone, or an editable
+# install), then in ./notebooks; a non-editable install runs from a clone's folder or passes --notebooks
+NOTEBOOKS = next((p for p in (ROOT / "notebooks", Path("notebooks")) if p.is_dir()), ROOT / "notebooks")
 DEFAULT_PARAMS = NOTEBOOKS / "params" / "default.yaml"
-# injected into every notebook that declares them, so that all runs of one parameter file share one work folder
-WORKDIR_PARAMS = {"workdir": "", "choice_file": "tau_beta.json"}
-PACKAGES = ("segkit", "torch", "transformers", "captum", "numpy", "pandas", "matplotlib", "seaborn", "sacrebleu",
+PACKAGES = ("segkit", "torch", "transformers", "peft", "numpy", "pandas", "matplotlib", "seaborn", "sacrebleu",
             "papermill", "nbconvert", "nbformat")
 
 
@@ -47,14 +49,23 @@ class ReportConfig:
     params: str = field(default=str(DEFAULT_PARAMS), metadata={
         "help": "YAML parameter file: 'parameters' for every notebook, 'runs' = the notebooks in order "
                 "(notebooks/params/full.yaml is the larger run)"})
-    out: str = field(default="reports", metadata={"help": "folder for the executed notebooks, HTML and index.html"})
+    out: str = field(default="", metadata={
+        "help": "folder for the executed notebooks, HTML and index.html (default: reports/ for default.yaml, "
+                "reports/<parameter file stem>/ for any other, so runs of different files never overwrite each "
+                "other)"})
     workdir: str = field(default="runs", metadata={
         "help": "folder for the pipeline's cached steps (a subfolder per parameter file)"})
-    notebooks: str = field(default=str(NOTEBOOKS), metadata={"help": "folder holding the notebooks"})
+    notebooks: str = field(default=str(NOTEBOOKS), metadata={
+        "help": "folder holding the notebooks (default: notebooks/ of the source tree, else ./notebooks: they are "
+                "not installed with the package, so a non-editable install runs from a clone or passes this)"})
+    check: bool = field(default=False, metadata={
+        "help": "validate the parameter file without running: parameters known, files present, models loadable "
+                "here, and an estimate of the work; exits non-zero naming what is missing and how to bring it"})
     fresh: bool = field(default=False, metadata={
         "help": "start over: delete this parameter file's work folder and executed notebooks first"})
     rerun: bool = field(default=False, metadata={
-        "help": "execute every notebook again, reusing the pipeline's cached steps (e.g. after a code change)"})
+        "help": "execute every notebook again, reusing the pipeline's cached steps (a change of segkit's code needs "
+                "no rerun: it is part of the fingerprint)"})
     only: list[str] = field(default_factory=list, metadata={
         "help": "run only these runs (by name); the others keep their earlier outputs"})
     show_code: bool = field(default=False, metadata={"help": "show code cells in the HTML (default: hidden)"})
@@ -66,54 +77,22 @@ class ReportError(RuntimeError):
     """A notebook failed: which run, which cell, the error, and where the partial notebook was saved."""
 
 
-@dataclass
-class Run:
-    name: str
-    notebook: Path
-    title: str
-    parameters: dict
-
-
-def load_params(path, notebooks=NOTEBOOKS, workdir: Path | None = None) -> tuple[dict, list[Run]]:
-    """``(the YAML as read, the runs in order)``; each run's parameters are the shared ones its notebook declares,
-    then its own (which must all be declared: a typo fails here, not in the notebook), then the work folder."""
-    import papermill
-
-    path = Path(path)
-    spec = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(spec, dict) or not isinstance(spec.get("runs"), list) or not spec["runs"]:
-        raise ValueError(f"{path}: expected a mapping with a non-empty list 'runs' (and optionally 'parameters')")
-    shared = spec.get("parameters") or {}
-    workdir = Path(workdir if workdir is not None else Path("runs") / path.stem).resolve()
-    runs, names = [], set()
-    for i, item in enumerate(spec["runs"], 1):
-        if isinstance(item, str):
-            item = {"notebook": item}
-        nb = Path(notebooks) / item["notebook"]
-        if not nb.exists():
-            raise FileNotFoundError(f"{path}: run {i}: no notebook {nb}")
-        name = item.get("name", nb.stem)
-        if name in names:
-            raise ValueError(f"{path}: two runs are named {name!r}; give one a 'name'")
-        names.add(name)
-        declared = set(papermill.inspect_notebook(str(nb)))
-        own = item.get("parameters") or {}
-        unknown = set(own) - declared
-        if unknown:
-            raise ValueError(f"{path}: run {name!r}: {nb.name} has no parameters {sorted(unknown)}; "
-                             f"it declares {sorted(declared)}")
-        params = {k: v for k, v in shared.items() if k in declared} | own
-        for key, rel in WORKDIR_PARAMS.items():
-            if key in declared and key not in own:  # relative to the kernel's folder: no machine paths in reports
-                params[key] = os.path.relpath(workdir / rel if rel else workdir, nb.parent.resolve())
-        runs.append(Run(name, nb, item.get("title", name), params))
-    return spec, runs
-
-
 def fingerprint(run: Run, upstream: str = "") -> str:
-    """Changes when the notebook, its parameters or any earlier run changes (their outputs may feed this one)."""
+    """Changes when the notebook, its parameters, the data and models they name, segkit's code (what the notebooks
+    call) or any earlier run changes (their outputs may feed this one)."""
+    from .cache import code_hash, model_key
+    from .params import PATH_PARAMS
+
     h = hashlib.sha1(run.notebook.read_bytes())
+    h.update(code_hash("segkit.pipeline", "segkit.analysis").encode())
     h.update(json.dumps(run.parameters, sort_keys=True, default=str).encode())
+    for name in PATH_PARAMS:  # a data file or local model changed in place changes the results
+        value = run.parameters.get(name)
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, str) and (run.notebook.parent / v).exists():
+                p = run.notebook.parent / v
+                h.update((hashlib.sha1(p.read_bytes()).hexdigest() if p.is_file() and p.suffix == ".jsonl" else
+                          model_key(str(p), "/nonexistent")).encode())
     h.update(upstream.encode())
     return h.hexdigest()[:16]
 
@@ -253,25 +232,42 @@ are under its name above):</p>
     return path
 
 
+def report_folder(params_path) -> Path:
+    """Where a parameter file's reports go by default: ``reports/`` for ``default.yaml``, ``reports/<stem>/`` else."""
+    stem = Path(params_path).stem
+    return Path("reports") if stem == DEFAULT_PARAMS.stem else Path("reports") / stem
+
+
 def run_report(cfg: ReportConfig) -> str:
     """Run every notebook of the parameter file in order into ``cfg.out``; returns a one-line summary."""
     from tqdm.auto import tqdm
 
-    params_path = Path(cfg.params)
+    from .records import check_output
+
+    params_path, notebooks = Path(cfg.params), Path(cfg.notebooks)
     if not params_path.exists():
         raise FileNotFoundError(f"{params_path}: no such parameter file")
+    if not notebooks.is_dir():
+        raise FileNotFoundError(f"{notebooks}: no notebooks folder; the notebooks are not installed with the "
+                                "package: run from a clone of segkit or pass --notebooks CLONE/notebooks")
     workdir = Path(cfg.workdir) / params_path.stem
-    _, runs = load_params(params_path, cfg.notebooks, workdir)
+    if cfg.check:
+        return check_params(params_path, notebooks, workdir)
+    spec, runs = load_params(params_path, notebooks, workdir)
+    out = cfg.out or report_folder(params_path)
+    # the executed notebooks must not land on the notebooks they are made from
+    check_output(out, notebooks, *(r.notebook for r in runs), params_path, folder=True)
     unknown = set(cfg.only) - {r.name for r in runs}
     if unknown:
         raise ValueError(f"--only: no runs named {sorted(unknown)}; the runs are {[r.name for r in runs]}")
-    out_dir = Path(cfg.out).resolve()
+    out_dir = Path(out).resolve()
     if cfg.fresh:
         shutil.rmtree(workdir, ignore_errors=True)
         for r in runs:
             for suffix in (".ipynb", ".html"):
                 (out_dir / f"{r.name}{suffix}").unlink(missing_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
+    make_data(spec)
 
     # committed reports are reused only where this machine already held the pipeline's outputs when the run
     # started (on a fresh clone `make report` runs the whole pipeline; the first notebook creates the workdir, which
@@ -311,4 +307,4 @@ def run_report(cfg: ReportConfig) -> str:
     counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "reused")}
     return (f"{counts['ok']} notebooks run, {counts['reused']} reused in {time.perf_counter() - t_start:.0f} s "
             f"-> {index}")
-ERRORS = (ReportError,)  # errors `segkit report` prints as one line (segkit.cli)
+ERRORS = (ReportError, CheckError)  # errors `segkit report` prints as one line (segkit.cli)

@@ -16,6 +16,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .records import stage_options
+
 TAU, BETA = 0.7, 0.8
 ALWAYS_KEEP = ("first", "second_to_last", "last")  # segments the authors' training script always trains on
 
@@ -70,7 +72,7 @@ def always_kept(n_segments: int, keep: Sequence[str] = ALWAYS_KEEP) -> list[int]
     return sorted({names[k] for k in keep if 0 <= names[k] < n_segments})
 
 
-def top_fraction(scores: Sequence[float], k: int) -> list[int]:
+def top_k(scores: Sequence[float], k: int) -> list[int]:
     """The ``k`` highest-scoring segments (sorted indices): selection by perplexity, entropy, strength, ..."""
     order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
     return sorted(order[:max(k, 0)])
@@ -81,19 +83,95 @@ def random_selection(n_segments: int, k: int, seed: int | str) -> list[int]:
     return sorted(random.Random(str(seed)).sample(range(n_segments), min(max(k, 0), n_segments)))
 
 
+# the training modes: which segments carry the loss (``segments_for_mode``); 03 compares them all
+MODES = ("full", "selective", "pruned", "random", "strength-only", "perplexity", "entropy", "oracle")
+
+
+def segments_of(record: dict, keywords="paper") -> list[str]:
+    """The record's segments: its ``segments`` field if the segment stage ran, else the solution split here."""
+    from .segment import segment
+
+    if "segments" in record:
+        return list(record["segments"])
+    if "solution" not in record:
+        raise ValueError("record has neither 'segments' nor 'solution'")
+    return segment(record["solution"], keywords)
+
+
+def _field(record: dict, name: str, mode: str, hint: str):
+    if name not in record:
+        raise ValueError(f"mode {mode!r} needs the record field {name!r} ({hint}); record {record.get('id')!r} "
+                         f"lacks it")
+    return record[name]
+
+
+def segments_for_mode(record: dict, mode: str, seed: int = 0, tau: float = TAU, keywords="paper") -> list[int]:
+    """Sorted indices of the segments ``mode`` trains, before the always-kept ones are added.
+
+    ``selective``/``pruned``: the record's ``selected_spans_ids``; ``random``, ``perplexity``, ``entropy``: as many
+    segments as the selection took, drawn per trace or the highest by that score; ``strength-only``: the tau rule
+    without beta; ``oracle``: the planted useful roles (``segkit.synth.USEFUL``, synthetic records only).
+    """
+    n = len(segments_of(record, keywords))
+    selected = lambda: _field(record, "selected_spans_ids", mode, "run `segkit select` first")  # noqa: E731
+    if mode == "full":
+        chosen = range(n)
+    elif mode in ("selective", "pruned"):
+        chosen = selected()
+    elif mode == "random":  # as many segments as the selection took in this trace, drawn per trace
+        chosen = random_selection(n, len(selected()), f"{seed}:{record.get('id')}")
+    elif mode == "strength-only":
+        chosen = top_by_cumulative(_field(record, "strength", mode, "run `segkit attribute` first"), tau)
+    elif mode in ("perplexity", "entropy"):
+        name = "segment_log_perplexity" if mode == "perplexity" else "segment_entropy"
+        chosen = top_k(_field(record, name, mode, "run `segkit attribute` first"), len(selected()))
+    elif mode == "oracle":
+        from .synth import USEFUL
+
+        roles = _field(record, "segment_roles", mode, "only synthetic records from `segkit synth` have it")
+        chosen = [i for i, r in enumerate(roles) if r in USEFUL]
+    else:
+        raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    chosen = sorted(set(int(i) for i in chosen))
+    if chosen and not 0 <= chosen[0] <= chosen[-1] < n:
+        raise ValueError(f"record {record.get('id')!r}: segment index out of range 0..{n - 1} for mode {mode!r}")
+    return chosen
+
+
+_INPUT, _OUT, _ON_ERROR, _UNIQUE_IDS = stage_options("JSON Lines from `segkit attribute` (with attributions)")
+
+
 @dataclass
 class SelectConfig:
-    input: str = field(metadata={"positional": True, "help": "JSON Lines from `segkit attribute`"})
-    out: str = field(default="", metadata={"required": True, "help": "output JSON Lines"})
-    tau: float = field(default=TAU, metadata={"help": "cumulative strength to reach"})
-    beta: float = field(default=BETA, metadata={"help": "keep segments whose consistency is at most this"})
-    on_error: str = field(default="stop", metadata={"choices": ("stop", "skip"), "help": "on a bad record"})
+    input: str = _INPUT
+    out: str = _OUT
+    tau: float = field(default=TAU, metadata={"help": "cumulative strength to reach, 0 < tau <= 1"})
+    beta: float = field(default=BETA, metadata={"help": "keep segments whose consistency is at most this, "
+                                                "0 <= beta <= 1"})
+    on_error: str = _ON_ERROR
+    unique_ids: str = _UNIQUE_IDS
+
+    def __post_init__(self):
+        check_tau_beta(self.tau, self.beta)
+
+
+def check_tau_beta(tau: float, beta: float) -> None:
+    """ValueError unless ``0 < tau <= 1`` and ``0 <= beta <= 1`` (NaN fails both)."""
+    if not 0 < tau <= 1:
+        raise ValueError(f"tau must be in (0, 1], got {tau}")
+    if not 0 <= beta <= 1:
+        raise ValueError(f"beta must be in [0, 1], got {beta}")
 
 
 def select_record(rec: dict, tau: float = TAU, beta: float = BETA) -> dict:
-    if len(rec["strength"]) != len(rec["consistency"]):
-        raise ValueError("strength and consistency have different lengths")
-    return {**rec, "selected_spans_ids": select(rec["strength"], rec["consistency"], tau, beta),
+    """``rec`` with ``selected_spans_ids`` (and the ``tau``, ``beta`` that chose them) added.
+
+    ``strength`` and ``consistency`` are computed here from the record's ``attributions`` (and written back), not
+    read from what ``attribute`` stored: this module defines them, so a change to their definition takes effect at
+    the next ``select`` without attributing again."""
+    check_tau_beta(tau, beta)
+    s, c = strength(rec["attributions"]), consistency(rec["attributions"])
+    return {**rec, "strength": s, "consistency": c, "selected_spans_ids": select(s, c, tau, beta),
             "tau": tau, "beta": beta}
 
 
@@ -105,11 +183,11 @@ def run_select(cfg: SelectConfig) -> str:
     def fn(rec):
         out = select_record(rec, cfg.tau, cfg.beta)
         n_sel.append(len(out["selected_spans_ids"]))
-        n_seg.append(len(rec["strength"]))
+        n_seg.append(len(out["strength"]))
         return out
 
-    res = run_stage(fn, cfg.input, cfg.out, required=("strength", "consistency"), desc="select",
-                    on_error=cfg.on_error, overwrite=True)
+    res = run_stage(fn, cfg.input, cfg.out, required=("attributions",), desc="select",
+                    on_error=cfg.on_error, overwrite=True, dedupe_ids=cfg.unique_ids)
     ratio = sum(n_sel) / max(sum(n_seg), 1)
     return (f"{res.done} traces, {sum(n_sel)} of {sum(n_seg)} segments selected ({ratio:.0%}), "
             f"tau={cfg.tau} beta={cfg.beta} -> {cfg.out}")

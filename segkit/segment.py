@@ -2,7 +2,8 @@
 
 The keyword opens the next segment; the first segment is the text before the first keyword, so
 ``"".join(segment(trace)) == trace`` always. Segment indices are those of the authors' release
-(``re.split`` on the keyword alternation), which keeps ``selected_spans_ids`` interchangeable.
+(``re.split`` on the keyword alternation), which keeps ``selected_spans_ids`` interchangeable. Traces with
+Windows line breaks split the same way: a keyword's ``\n`` also matches ``\r\n`` (the text is not changed).
 
     >>> segment("Let x=2.\\n\\nWait, x=3.")
     ['Let x=2.', '\\n\\nWait, x=3.']
@@ -14,6 +15,10 @@ import re
 from functools import lru_cache
 from dataclasses import dataclass, field
 from typing import Sequence
+
+from .records import stage_options
+
+_INPUT, _OUT, _ON_ERROR, _UNIQUE_IDS = stage_options("JSON Lines with question, solution, answer")
 
 Span = tuple[int, int]  # half-open [start, end)
 
@@ -43,14 +48,16 @@ def resolve_keywords(keywords: str | Sequence[str] = "paper") -> tuple[str, ...]
 def _pattern(keywords: tuple[str, ...]) -> re.Pattern:
     # longest first, so that "\n\nBut wait" is one keyword rather than "\n\nBut" + " wait" (the split point is the
     # same either way; the order only matters for reporting which keyword opened a segment)
-    alternation = "|".join(re.escape(k) for k in sorted(keywords, key=len, reverse=True))
+    # a "\n" of a keyword also matches "\r\n": traces written on Windows split where they would with "\n"
+    alternation = "|".join(re.escape(k).replace("\n", "\r?\n") for k in sorted(keywords, key=len, reverse=True))
     return re.compile(f"({alternation})")
 
 
 def segment(trace: str, keywords: str | Sequence[str] = "paper") -> list[str]:
     """Split ``trace`` so that each keyword and the text after it form one segment.
 
-    Agrees with ``re.split("(kw1|kw2|...)", trace)`` with each keyword re-joined to the text that follows it.
+    Agrees with ``re.split("(kw1|kw2|...)", trace)`` with each keyword re-joined to the text that follows it (for
+    traces with ``\n`` line breaks; with ``\r\n`` they split at the same places).
     A trace that starts with a keyword has an empty first segment (kept, so indices match the reference split).
     """
     parts = _pattern(resolve_keywords(keywords)).split(trace)
@@ -97,15 +104,20 @@ def token_spans(offsets: Sequence[Span], spans: Sequence[Span]) -> list[Span]:
 
 @dataclass
 class SegmentConfig:
-    input: str = field(metadata={"positional": True, "help": "JSON Lines with question, solution, answer"})
-    out: str = field(default="", metadata={"required": True, "help": "output JSON Lines"})
-    keywords: str = field(default="paper", metadata={"help": "keyword list: paper or retro"})
+    input: str = _INPUT
+    out: str = _OUT
+    keywords: str = field(default="paper", metadata={"choices": tuple(KEYWORDS), "help": "keyword list"})
     keyword: list[str] = field(default_factory=list, metadata={
         "help": "your own keywords instead of a list (escapes like \\n\\n decoded), e.g. --keyword '\\n\\nWait'"})
-    on_error: str = field(default="stop", metadata={"choices": ("stop", "skip"), "help": "on a bad record"})
+    on_error: str = _ON_ERROR
+    unique_ids: str = _UNIQUE_IDS
+
+    def __post_init__(self):
+        resolve_keywords(self.keyword or self.keywords)  # unknown list or empty keyword: fail before reading
 
 
 def segment_record(rec: dict, keywords: str | Sequence[str] = "paper") -> dict:
+    """``rec`` with ``segments`` added (its ``solution`` split; the other fields passed through)."""
     if not isinstance(rec["solution"], str) or not rec["solution"].strip():
         raise ValueError("empty solution")
     return {**rec, "segments": segment(rec["solution"], keywords)}
@@ -115,7 +127,6 @@ def run_segment(cfg: SegmentConfig) -> str:
     from .records import run_stage
 
     kw = cfg.keyword or cfg.keywords
-    resolve_keywords(kw)  # fail before reading
     res = run_stage(lambda r: segment_record(r, kw), cfg.input, cfg.out, required=("solution",), desc="segment",
-                    on_error=cfg.on_error, overwrite=True)
+                    on_error=cfg.on_error, overwrite=True, dedupe_ids=cfg.unique_ids)
     return f"{res.done} traces segmented, {len(res.skipped)} skipped -> {cfg.out}"

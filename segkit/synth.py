@@ -7,11 +7,16 @@ takes the first step, then segments opened by the paper's reflection keywords, e
     core        a step whose value the answer needs          verify      re-derives and confirms a needed value
     correction  a wrong value, then the fix used later       repeat      restates values already found
     truncated   an exploration that breaks off               distractor  work on values the answer does not use
-    final       the last segment: states \\boxed{answer}
+    final       the last segment: states \\boxed{answer} (with ``restate_answer=False`` it concludes without the value,
+                so the answer must be read off the steps: copying it from the last segment is no longer possible)
+
+``style="concise"`` writes only the useful path (first step, core/correction steps, final): no redundant segments, as
+a base model's short training traces; ``style="long"`` (the default) adds the redundant ones a reasoning model rambles.
 
 ``segment_roles`` lines up one-to-one with ``segkit.segment.segment(solution)``; useful segments are those whose
 role is in ``USEFUL``. Train and test problems are split by a hash of the question, so they never share a problem.
 
+    >>> records = make_records(SynthConfig(out="", n=4, chain_length=2, style="concise", restate_answer=False))
     >>> run_synth(SynthConfig(out="data/synth/train.jsonl", n=4000))
 """
 from __future__ import annotations
@@ -27,6 +32,7 @@ ROLES = ("core", "verify", "correction", "repeat", "truncated", "distractor", "f
 USEFUL = frozenset({"core", "verify", "correction"})
 REDUNDANT = ("verify", "repeat", "truncated", "distractor")  # drawn between steps (verify: useful, yet redundant)
 NAMES = tuple("bcdfghjkmnpqrstvwxyz")  # single letters that never stand for a word in the templates (no a, i, o...)
+STYLES = ("long", "concise")
 OPS = {"+": lambda x, y, m: (x + y) % m, "-": lambda x, y, m: (x - y) % m, "*": lambda x, y, m: (x * y) % m}
 
 # every segment after the first opens with one of the paper's keywords (segment.KEYWORDS["paper"]); the opener is
@@ -78,8 +84,8 @@ class SynthConfig:
     split: str = field(default="train", metadata={"choices": ["train", "test"],
                                                   "help": "which side of the hash split of questions"})
     test_fraction: float = field(default=0.1, metadata={"help": "share of the problem space that belongs to test"})
-    steps: int = field(default=2, metadata={"help": "derived variables the answer needs (chain length; 2 is the "
-                                             "default difficulty: see notebooks/params/default.yaml)"})
+    chain_length: int = field(default=2, metadata={"help": "derived variables the answer needs (2 is the default "
+                                                           "difficulty: see notebooks/params/default.yaml)"})
     distractors: int = field(default=1, metadata={"help": "variables defined in the question but not needed"})
     order: str = field(default="chain", metadata={"choices": ["chain", "shuffled"],
                                                   "help": "order of the definitions in the question"})
@@ -89,6 +95,18 @@ class SynthConfig:
     correction_rate: float = field(default=0.15, metadata={"help": "share of steps taken wrongly, then fixed"})
     mix: str = field(default="verify=1,repeat=1,truncated=1,distractor=1",
                      metadata={"help": "relative rates of the redundant roles"})
+    style: str = field(default="long", metadata={"choices": list(STYLES),
+                                                 "help": "long: redundant segments between steps; concise: none "
+                                                         "(the useful path only)"})
+    restate_answer: bool = field(default=True, metadata={
+        "help": "the final segment states the answer value and \\boxed{}; false: it concludes without the value"})
+
+    def __post_init__(self):  # checked when built, so `segkit synth` answers before any work
+        if self.n < 1:
+            raise ValueError(f"n must be at least 1, got {self.n}")
+        if not 0 <= self.redundant < float("inf") or not 0 <= self.correction_rate <= 1:
+            raise ValueError(f"redundant must be >= 0 and correction_rate in [0, 1], got {self.redundant}, "
+                             f"{self.correction_rate}")
 
 
 def parse_mix(mix: str) -> dict[str, float]:
@@ -103,16 +121,16 @@ def parse_mix(mix: str) -> dict[str, float]:
 
 
 def make_problem(rng: random.Random, cfg: SynthConfig) -> Problem:
-    """Two given numbers, a chain of ``steps`` derived variables (each uses the one before), and distractors."""
+    """Two given numbers, a chain of ``chain_length`` derived variables (each uses the one before), and distractors."""
     m, ops = cfg.modulus, tuple(cfg.ops)
-    names = rng.sample(NAMES, 2 + cfg.steps + cfg.distractors)
+    names = rng.sample(NAMES, 2 + cfg.chain_length + cfg.distractors)
     variables: dict[str, Var] = {}
 
     def define(name, op, args):
         vals = [a if isinstance(a, int) else variables[a].value for a in args]
         variables[name] = Var(name, op, tuple(args), OPS[op](vals[0], vals[1], m) if op else vals[0])
 
-    givens, derived, extra = names[:2], names[2:2 + cfg.steps], names[2 + cfg.steps:]
+    givens, derived, extra = names[:2], names[2:2 + cfg.chain_length], names[2 + cfg.chain_length:]
     for g in givens:
         define(g, None, (rng.randrange(1, m),))
     order = list(givens)
@@ -183,7 +201,8 @@ def make_trace(rng: random.Random, p: Problem, cfg: SynthConfig, mix: dict[str, 
 
     def redundant(nxt):
         count = 0
-        while rng.random() < cfg.redundant / (1 + cfg.redundant):  # geometric with mean cfg.redundant
+        # geometric with mean cfg.redundant; a concise trace has none
+        while cfg.style == "long" and rng.random() < cfg.redundant / (1 + cfg.redundant):
             count += 1
         for _ in range(count):
             role = rng.choices(kinds, weights)[0]
@@ -198,7 +217,10 @@ def make_trace(rng: random.Random, p: Problem, cfg: SynthConfig, mix: dict[str, 
         done.append(name)
     redundant(None)
     ans = p.variables[p.target].value
-    segments.append(f"\n\nGoing back, {p.target} = {ans}. So, the final answer is \\boxed{{{ans}}}.")
+    if cfg.restate_answer:
+        segments.append(f"\n\nGoing back, {p.target} = {ans}. So, the final answer is \\boxed{{{ans}}}.")
+    else:  # the same opener, no value: the answer string after the trace must take it from the steps
+        segments.append(f"\n\nGoing back, that gives {p.target}, which is what was asked.")
     roles.append("final")
     return "".join(segments), roles
 
@@ -209,15 +231,19 @@ def in_split(question: str, split: str, test_fraction: float) -> bool:
     return (bucket < test_fraction) == (split == "test")
 
 
-def generate(cfg: SynthConfig) -> list[dict]:
+def make_records(cfg: SynthConfig) -> list[dict]:
+    """``cfg.n`` distinct problems of ``cfg.split`` as LIMO-schema records (``id``, ``question``, ``solution``,
+    ``answer``) plus ``segment_roles``, one role per ``segkit.segment.segment(solution)`` segment."""
     if cfg.split not in ("train", "test"):
         raise ValueError(f"split must be train or test, not {cfg.split!r}")
-    if cfg.steps < 1 or cfg.modulus < 2 or not 0 < cfg.test_fraction < 1:
-        raise ValueError("need steps >= 1, modulus >= 2 and 0 < test_fraction < 1")
+    if cfg.style not in STYLES:
+        raise ValueError(f"style must be one of {', '.join(STYLES)}, not {cfg.style!r}")
+    if cfg.chain_length < 1 or cfg.modulus < 2 or not 0 < cfg.test_fraction < 1:
+        raise ValueError("need chain_length >= 1, modulus >= 2 and 0 < test_fraction < 1")
     if not cfg.ops or set(cfg.ops) - set(OPS):
         raise ValueError(f"ops {cfg.ops!r}: use some of {''.join(OPS)}")
-    if 2 + cfg.steps + cfg.distractors > len(NAMES):
-        raise ValueError(f"steps + distractors must be at most {len(NAMES) - 2} (one letter per variable)")
+    if 2 + cfg.chain_length + cfg.distractors > len(NAMES):
+        raise ValueError(f"chain_length + distractors must be at most {len(NAMES) - 2} (one letter per variable)")
     mix = parse_mix(cfg.mix)
     rng = random.Random(f"synth:{cfg.seed}:{cfg.split}")
     records, seen, tries = [], set(), 0
@@ -238,7 +264,7 @@ def generate(cfg: SynthConfig) -> list[dict]:
 
 
 def run_synth(cfg: SynthConfig) -> str:
-    records = generate(cfg)
+    records = make_records(cfg)
     dump(records, cfg.out)
     n_seg = sum(len(r["segment_roles"]) for r in records)
     useful = sum(x in USEFUL for r in records for x in r["segment_roles"])

@@ -1,4 +1,5 @@
 """segkit.analysis on small inputs whose answers can be checked by hand, and on the tiny real-architecture model."""
+import json
 import math
 
 import matplotlib
@@ -68,7 +69,7 @@ def test_always_kept_segments_do_not_steer_the_grid():
     is, so the grid scores only the segments in between."""
     r = rec([0.1, 0.3, 0.1, 0.05, 0.45], [0.5, 0.5, 0.2, 0.3, 0.95], [2] * 5,
             roles=["core", "core", "repeat", "verify", "final"], effect=[-1.0, -1.5, 0.0, -0.2, -5.0])
-    assert A.decided(r) == [1, 2] and A.decided(r, ["first"]) == [1, 2, 3, 4]
+    assert A.selectable_segments(r) == [1, 2] and A.selectable_segments(r, ["first"]) == [1, 2, 3, 4]
     g = A.grid_table([r], taus=[0.8], betas=[0.8, 1.0]).set_index(["tau", "beta"])
     # tau 0.8 takes segments 4, 1, 0 (0.85 of the strength); beta 0.8 drops 4: either way only 1 and 2 are scored
     for beta in (0.8, 1.0):
@@ -167,6 +168,25 @@ def test_plots_return_labelled_figures():
         assert main, f"no labelled axes in {fig.axes}"
 
 
+def plain_log_prob(model, tokenizer, question, trace, answer):
+    """log p(answer tokens) after prompt + trace + the answer string's head, by one ordinary forward pass over ids
+    built here from the prompt module's text pieces (independent of segkit.attribute's assembly and target)."""
+    import torch
+
+    from segkit import prompt as P
+
+    text, (a, b) = P.answer_text(answer)
+    prompt_ids = P.encode(tokenizer, P.format_prompt(tokenizer, question))[0]
+    trace_ids = P.encode(tokenizer, trace)[0]
+    ans_ids, offsets = P.encode(tokenizer, text)
+    ids = torch.tensor([prompt_ids + trace_ids + ans_ids])
+    start = len(prompt_ids) + len(trace_ids)
+    positions = [start + k for k, (s, e) in enumerate(offsets) if s < b and e > a]  # tokens overlapping the answer
+    with torch.no_grad():
+        logp = torch.log_softmax(model(ids).logits[0].double(), -1)
+    return float(sum(logp[t - 1, ids[0, t]] for t in positions))
+
+
 def test_segment_removal_effect_on_the_tiny_model(tiny_model, smol_tokenizer):
     r = {**SHORT, "segments": segment(SHORT["solution"])}  # three segments
     effects = A.segment_removal_effect(tiny_model, smol_tokenizer, r)
@@ -174,10 +194,100 @@ def test_segment_removal_effect_on_the_tiny_model(tiny_model, smol_tokenizer):
     assert len(effects) == 3
     for i, e in enumerate(effects):
         rest = r["segments"][:i] + r["segments"][i + 1:]
-        assert e == pytest.approx(A.answer_log_prob(tiny_model, smol_tokenizer, r["question"], rest, "7") - full)
+        expected = plain_log_prob(tiny_model, smol_tokenizer, r["question"], "".join(rest), "7") - \
+            plain_log_prob(tiny_model, smol_tokenizer, r["question"], r["solution"], "7")
+        assert e == pytest.approx(expected, abs=1e-4)
         assert e != 0  # a real change in F, not a no-op
     # F is the attribution target: the same number as attribute_record's f_input
     attributed = attribute_record(tiny_model, smol_tokenizer, r, steps=2)
     assert full == pytest.approx(attributed["f_input"], rel=1e-5)
     # removing the only segment leaves nothing to condition on: NaN, not an error
     assert math.isnan(A.segment_removal_effect(tiny_model, smol_tokenizer, {**r, "segments": ["3 + 4 = 7."]})[0])
+
+
+def test_auc_table_by_hand():
+    # useful: core (strength 0.6, consistency 0.5), verify (0.1, 0.2); the rest: repeat (0.3, 0.9)
+    hand = rec([0.6, 0.3, 0.1], [0.5, 0.9, 0.2], [2, 3, 5], roles=["core", "repeat", "verify"],
+               effect=[-2.0, 0.0, -1.0])  # HAND afresh: another test adds fields to it
+    t = A.auc_table([hand], variant="v", always_keep=(), n_resamples=50).set_index(["score", "role"])
+    assert set(t.variant) == {"v"} and "perplexity" not in t.index.get_level_values(0)  # no such field: left out
+    assert t.loc[("strength", "all"), "auc"] == 0.5          # 0.6 > 0.3, 0.1 < 0.3
+    assert t.loc[("consistency", "all"), "auc"] == 0.0       # 0.5 < 0.9, 0.2 < 0.9
+    assert t.loc[("paper rule", "all"), "auc"] == 1.0        # repeat's consistency 0.9 > beta 0.8 puts it last
+    assert t.loc[("removal effect", "all"), "auc"] == 1.0    # removing core costs 2, verify 1, repeat 0
+    assert (t.loc[("strength", "core"), "auc"], t.loc[("strength", "verify"), "auc"],
+            t.loc[("strength", "repeat"), "auc"]) == (1.0, 0.0, 0.5)
+    row = t.loc[("strength", "all")]
+    assert (row.ci_low, row.ci_high, row.n_pos, row.n_neg) == (0.5, 0.5, 2, 1)  # one trace: every resample is it
+    assert 0 <= t.loc[("random", "all"), "auc"] <= 1
+
+
+def test_auc_table_leaves_out_the_always_kept_segments():
+    five = rec([0.1, 0.4, 0.2, 0.2, 0.1], [0.5] * 5, [1] * 5, roles=["core", "core", "repeat", "truncated", "final"])
+    t = A.auc_table([five], scores=["strength"], n_resamples=20).set_index("role")
+    # first, second-to-last and last are always trained: segments 1 (core, 0.4) and 2 (repeat, 0.2) remain
+    assert (t.loc["all", "n_pos"], t.loc["all", "n_neg"], t.loc["all", "auc"]) == (1, 1, 1.0)
+    assert set(t.index) == {"all", "core", "repeat"}
+
+
+def text_of(diffs):
+    return A.verdict(diffs.reset_index())
+
+
+def eval_records(correct, lengths):
+    return [{"id": f"p{i}", "correct": [c], "n_tokens": [n]} for i, (c, n) in enumerate(zip(correct, lengths))]
+
+
+def test_modes_and_differences_tables_by_hand():
+    rows = (A.per_problem_rows(eval_records([1, 0, 1, 0], [10, 20, 30, 40]), "full")
+            + A.per_problem_rows(eval_records([1, 1, 1, 0], [5, 15, 25, 35]), "oracle")
+            + A.per_problem_rows(eval_records([True, False, True, False], [12, 22, 32, 42]), "selective"))
+    modes = A.modes_table(rows, n_resamples=200).set_index("mode")
+    assert modes.loc["full", "accuracy"] == 0.5 and modes.loc["oracle", "mean_length"] == 20.0
+    assert modes.loc["oracle", "accuracy_ci_low"] <= 0.75 <= modes.loc["oracle", "accuracy_ci_high"]
+    assert modes.loc["full", "n_problems"] == 4 and modes.loc["full", "n_ft_seeds"] == 1
+    diffs = A.differences_table(rows, n_resamples=200).set_index(["mode", "vs", "metric"])
+    # only pairs whose modes both ran: selective vs full and vs oracle, oracle vs full
+    assert set(diffs.index.droplevel(2)) == {("selective", "full"), ("selective", "oracle"), ("oracle", "full")}
+    # the oracle is 5 tokens shorter on every problem: the paired interval has no width
+    assert tuple(diffs.loc[("oracle", "full", "mean_length")]) == (-5.0, -5.0, -5.0)
+    assert tuple(diffs.loc[("selective", "full", "mean_length")]) == (2.0, 2.0, 2.0)
+    assert diffs.loc[("oracle", "full", "accuracy"), "diff"] == 0.25
+    head = A.finetuning_headline(rows, n_resamples=200)
+    assert json.loads(json.dumps(head)) == head and head["verdict"] == text_of(diffs)
+    assert {"mode", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "mean_length"} <= set(head["modes"][0])
+    assert {"mode": "oracle", "vs": "full", "metric": "mean_length", "diff": -5.0, "ci_low": -5.0,
+            "ci_high": -5.0} in head["differences"]
+    fig = A.plot_differences(diffs.reset_index())
+    assert [ax.get_xlabel() for ax in fig.axes] == ["accuracy difference", "mean output length difference (tokens)"]
+    text = A.verdict(diffs.reset_index())
+    assert "selective vs full: accuracy +0.000 [+0.000, +0.000], no difference; mean length +2.0 [+2.0, +2.0] " \
+           "tokens, longer." in text
+    assert text.endswith("oracle vs full: accuracy +0.250 [+0.000, +0.750], no difference; mean length -5.0 "
+                         "[-5.0, -5.0] tokens, shorter.")
+
+
+def test_confidence_gap_spread_agrees_with_the_grid_and_keeps_the_paper_on_noise():
+    recs = [rec([0.6, 0.3, 0.1], [0.5, 0.9, 0.2], [2, 3, 5], effect=[-2.0, 0.0, -1.0], rid="a"),
+            rec([0.5, 0.4, 0.1], [0.5, 0.5, 0.9], [2, 2, 2], effect=[-1.0, -1.0, 0.5], rid="b")]
+    taus, betas = [0.5, 0.7, 0.9], [0.6, 0.8, 1.0]
+    spread = A.confidence_gap_spread(recs, taus, betas, always_keep=(), n_resamples=300).set_index(["tau", "beta"])
+    grid = A.grid_table(recs, taus, betas, always_keep=()).set_index(["tau", "beta"])
+    # the point estimates are grid_table's pooled gaps, computed another way
+    assert spread.confidence_gap.to_numpy() == pytest.approx(grid.confidence_gap.to_numpy(), nan_ok=True)
+    assert spread.segment_ratio.to_numpy() == pytest.approx(grid.segment_ratio.to_numpy())
+    assert (spread.loc[(0.7, 0.8), ["vs_default", "vs_default_ci_low", "vs_default_ci_high"]] == 0).all()
+    # two traces cannot show any cell beyond the spread: the paper's values are kept, and the reason says so
+    choice = A.choose_tau_beta_on_signal(spread.reset_index())
+    assert (choice["tau"], choice["beta"]) == (0.7, 0.8) and "kept" in choice["reason"]
+
+
+def test_choose_on_signal_takes_a_cell_that_beats_the_default_everywhere():
+    # 30 identical traces: selecting the strong segment (tau 0.5) has gap 0 - (-2) = 2 in every resample; tau 0.7
+    # also takes the middle segment, whose removal costs nothing: gap 0 - (-2 + 0) / 2 = 1
+    recs = [rec([0.6, 0.3, 0.1], [0.5, 0.5, 0.5], [1, 1, 1], effect=[-2.0, 0.0, 0.0], rid=str(i)) for i in range(30)]
+    spread = A.confidence_gap_spread(recs, [0.5, 0.7], [0.8], always_keep=(), n_resamples=100)
+    choice = A.choose_tau_beta_on_signal(spread)
+    assert (choice["tau"], choice["beta"]) == (0.5, 0.8) and choice["reason"].endswith("chosen.")
+    assert choice["confidence_gap"] == pytest.approx(2.0) and choice["ci_low"] == pytest.approx(2.0)
+    assert choice["vs_default"] == pytest.approx(1.0)

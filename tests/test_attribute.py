@@ -1,12 +1,16 @@
-"""IG attribution against an independent plain-torch re-implementation of the paper's loop; the adaptive scheme."""
+"""IG attribution against independent plain-torch re-implementations (the paper's loop, a fine Riemann sum, F
+from a separate forward pass); the adaptive scheme; options, record fields and hardware planning."""
 import math
-import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from segkit import attribute as A
-from segkit.attribute import assemble, attribute_record
+from segkit import hardware, ig
+from segkit.attribute import attribute_record
+from segkit.prompt import assemble, encode_answer
 from segkit.segment import segment
 
 from conftest import SHORT
@@ -76,7 +80,7 @@ def test_answer_target_found_from_offsets(smol_tokenizer):
 
 def test_input_cut_after_the_answer_leaves_F_unchanged(tiny_model, smol_tokenizer):
     a = assemble(smol_tokenizer, "q?", ["Some trace."], "3\\frac{1}{2}")
-    F = A.AnswerLogProb(tiny_model, a.input_ids, a.targets)
+    F = ig.AnswerLogProb(tiny_model, a.input_ids, a.targets)
     x = tiny_model.get_input_embeddings()(a.input_ids)[None]
     assert F.n_tokens == int(a.targets.max()) < len(a.input_ids)
     full = torch.log_softmax(tiny_model(inputs_embeds=x).logits[0], -1)
@@ -85,18 +89,61 @@ def test_input_cut_after_the_answer_leaves_F_unchanged(tiny_model, smol_tokenize
     assert float(F(x)[0]) == pytest.approx(float(expect), rel=1e-5)  # longer input: the tail is ignored
 
 
-def test_gausslegendre_converges_and_fields(tiny_model, smol_tokenizer):
+def plain_ig(model, tokenizer, rec, points=64):
+    """IG with the trace-only pad baseline written plainly: the whole input through the model at every point (no
+    prompt cache, no cut after the answer), F from the final hidden states at the rows that predict the answer
+    tokens, midpoint rule with ``points`` points. Returns raw attributions ``(T,)``, F(x), F(x') and the input."""
+    a = assemble(tokenizer, rec["question"], rec["segments"], rec["answer"])
+    emb = model.get_input_embeddings()
+    x = emb(a.input_ids)[None].detach()                                        # (1, T, H)
+    x0 = x.clone()
+    x0[:, a.trace[0]:a.trace[1]] = emb.weight[tokenizer.pad_token_id]
+
+    def F(e):  # (B, T, H) -> (B,)
+        hidden = model.model(inputs_embeds=e).last_hidden_state[:, a.targets - 1]  # (B, A, H)
+        logp = torch.log_softmax(model.lm_head(hidden), -1)                        # (B, A, V)
+        return logp[:, torch.arange(len(a.targets)), a.input_ids[a.targets]].sum(-1)
+
+    grads = torch.zeros_like(x)
+    for chunk in ((torch.arange(points) + 0.5) / points).split(32):
+        e = (x0 + chunk.view(-1, 1, 1) * (x - x0)).requires_grad_(True)
+        grads += torch.autograd.grad(F(e).sum(), e)[0].sum(0, keepdim=True)
+    with torch.no_grad():
+        return (grads / points * (x - x0))[0].sum(-1), float(F(x)[0]), float(F(x0)[0]), a
+
+
+def test_gausslegendre_converges_to_a_plain_riemann_sum(tiny_model, smol_tokenizer):
     out = attribute_record(tiny_model, smol_tokenizer, record(), steps=32, method="gausslegendre",
                            baseline="pad-trace")
+    raw, f_x, f_x0, a = plain_ig(tiny_model, smol_tokenizer, record())
+    # F at both ends, from separate forward passes of the whole input
+    assert out["f_input"] == pytest.approx(f_x, rel=1e-5) and out["f_baseline"] == pytest.approx(f_x0, rel=1e-5)
+    # completeness: the sum of the attributions is the change in F, as computed independently
+    assert abs(out["attribution_sum"] - (f_x - f_x0)) < 0.01 * abs(f_x - f_x0)
     assert out["completeness_error"] < 0.01
-    delta = out["f_input"] - out["f_baseline"]
-    assert abs(out["attribution_sum"] - delta) / abs(delta) == pytest.approx(out["completeness_error"])
+    # the attributions themselves: the same per token as the fine Riemann sum
+    expect = (raw / raw.norm())[a.trace[0]:a.trace[1]]
+    assert float((flat(out) - expect).norm() / expect.norm()) < 1e-3
+    assert out["prompt_attribution"] == 0  # pad-trace: the prompt is the same at both ends of the path
     n = len(out["segments"])
     for key in ("attributions", "strength", "consistency", "tokens", "segment_log_perplexity", "segment_entropy"):
         assert len(out[key]) == n
+    assert [len(v) for v in out["attributions"]] == [len(t) for t in out["tokens"]]
     assert sum(out["strength"]) == pytest.approx(1.0)
     assert all(0 <= c <= 1 for c in out["consistency"])
-    assert out["prompt_attribution"] == 0  # pad-trace: the prompt is the same at both ends of the path
+
+
+def test_segment_perplexity_and_entropy_from_full_logits(tiny_model, smol_tokenizer):
+    out = attribute_record(tiny_model, smol_tokenizer, record(), steps=3, method="gausslegendre")
+    a = assemble(smol_tokenizer, record()["question"], record()["segments"], "7")
+    with torch.no_grad():
+        logp = torch.log_softmax(tiny_model(input_ids=a.input_ids[None]).logits[0], -1)  # (T, V)
+    for i, (s, e) in enumerate(a.segments):
+        rows = torch.arange(s, e)
+        nll = -logp[rows - 1, a.input_ids[rows]]
+        entropy = -(logp[rows - 1].exp() * logp[rows - 1]).sum(-1)
+        assert out["segment_log_perplexity"][i] == pytest.approx(float(nll.mean()), rel=1e-4)
+        assert out["segment_entropy"][i] == pytest.approx(float(entropy.mean()), rel=1e-4)
 
 
 @pytest.mark.parametrize("method", ["gausslegendre", "adaptive"])
@@ -136,7 +183,7 @@ def test_default_is_adaptive_and_says_whether_the_target_was_met(tiny_model, smo
 
 
 class KnownPath:
-    """A stand-in for `Path` whose F is known: F(alpha) = tanh(40 (alpha - 0.7)) on token 0, alpha on token 1."""
+    """A stand-in for `InterpolationPath` whose F is known: F(alpha) = tanh(40 (alpha - 0.7)) on token 0, alpha on token 1."""
     f = staticmethod(lambda a: math.tanh(40 * (a - 0.7)) + a)
 
     def __init__(self):
@@ -153,21 +200,21 @@ class KnownPath:
 def test_adaptive_places_points_where_F_changes_fast():
     path = KnownPath()
     f0, f1 = path.f(0), path.f(1)
-    raw, used = A.adaptive_ig(path, f0, f1, steps=8, target_error=1e-4, max_steps=512)
+    raw, used = ig.adaptive_ig(path, f0, f1, steps=8, target_error=1e-4, max_steps=512)
     assert float(raw.sum()) == pytest.approx(f1 - f0, rel=1e-4)
     assert raw[1] == pytest.approx(1.0, rel=1e-6)  # the smooth part is exact from the start
     assert used == len(path.alphas) < 100
     near = sum(abs(a - 0.7) < 0.15 for a in path.alphas)
     assert near > used / 2  # most points went where F changes fast
     # the same budget spent uniformly is far worse
-    w, alphas = A.schedule("gausslegendre", used)
+    w, alphas = ig.schedule("gausslegendre", used)
     uniform = torch.tensor(w) @ KnownPath().integrand(alphas)
     assert abs(float(uniform.sum()) - (f1 - f0)) > 10 * abs(float(raw.sum()) - (f1 - f0))
 
 
 def test_adaptive_stops_at_the_cap():
     path = KnownPath()
-    _, used = A.adaptive_ig(path, path.f(0), path.f(1), steps=8, target_error=1e-12, max_steps=20)
+    _, used = ig.adaptive_ig(path, path.f(0), path.f(1), steps=8, target_error=1e-12, max_steps=20)
     assert used <= 20
 
 
@@ -178,15 +225,95 @@ def test_selection_agreement():
     assert A.selection_agreement(a, b) == pytest.approx(1 / 3)  # {0, 1} against {1, 2}
 
 
-def test_batch_plan_and_threads(monkeypatch, tiny_model):
+def test_batch_plan(monkeypatch):
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
-    monkeypatch.setattr(A, "memory_budget", lambda device: 1000)
-    assert A.auto_batch_size(cpu, 100, 10) == (A.CPU_BATCH_TOKENS // 100, False)  # CPU: capped by tokens
-    assert A.auto_batch_size(cpu, 100, 10_000) == (1, False)
-    assert A.auto_batch_size(gpu, 100, 10) == (100, False)  # GPU: as many as fit
-    assert A.auto_batch_size(gpu, 100, 800)[1] is True      # not two: checkpointing
-    before = torch.get_num_threads()
+    monkeypatch.setattr(hardware, "memory_budget", lambda device: 1000)
+    assert hardware.auto_batch_size(cpu, 100, 10) == (hardware.CPU_BATCH_TOKENS // 100, False)  # capped by tokens
+    assert hardware.auto_batch_size(cpu, 100, 10_000) == (1, False)
+    assert hardware.auto_batch_size(gpu, 100, 10) == (100, False)  # GPU: as many as fit
+    assert hardware.auto_batch_size(gpu, 100, 800)[1] is True      # not two: checkpointing
+
+
+def test_cpu_thread_policy(monkeypatch, tiny_model):
+    before, cores = torch.get_num_threads(), hardware.cpu_cores()
     try:
-        assert 1 <= A.cpu_threads(tiny_model, n_tokens=16) == torch.get_num_threads() <= (os.cpu_count() or 1)
+        assert hardware.fastest_cpu_threads(tiny_model, n_tokens=16) in {1, cores}
+        assert torch.get_num_threads() == before  # measuring leaves torch's setting as it was
+        # a count chosen through OMP_NUM_THREADS (torchrun: 1 per process) is kept, without measuring
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        monkeypatch.setattr(hardware, "fastest_cpu_threads", lambda *a, **k: pytest.fail("measured"))
+        assert hardware.set_cpu_threads(tiny_model) == before == torch.get_num_threads()
+        assert hardware.set_cpu_threads(tiny_model, 1) == 1 == torch.get_num_threads()  # an explicit count wins
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        with pytest.raises(pytest.fail.Exception, match="measured"):
+            hardware.set_cpu_threads(tiny_model)  # neither: measured
     finally:
         torch.set_num_threads(before)
+
+
+def test_encode_answer_and_assemble_agree(smol_tokenizer):
+    ids, (first, end) = encode_answer(smol_tokenizer, 42)
+    assert smol_tokenizer.decode(ids[first:end]) == "42" and smol_tokenizer.decode(ids[end:]) == "}"
+    a = assemble(smol_tokenizer, "q?", ["Some trace."], 42)
+    assert a.input_ids[-len(ids):].tolist() == ids
+    assert a.targets.tolist() == list(range(len(a.input_ids) - len(ids) + first, len(a.input_ids) - len(ids) + end))
+    assert A.assemble is assemble  # still importable from segkit.attribute
+    with pytest.raises(ValueError, match="yields no tokens"):
+        encode_answer(smol_tokenizer, "")
+
+
+@pytest.mark.parametrize("field,value,said", [
+    ("answer", None, "field 'answer'.*null"),
+    ("segments", "3 + 4 = 7.\n\nWait, 7.", "field 'segments'.*a string"),
+    ("segments", [1, 2], "field 'segments'"),
+    ("question", ["q"], "field 'question'"),
+])
+def test_mistyped_fields_are_value_errors_naming_the_field(tiny_model, smol_tokenizer, field, value, said):
+    with pytest.raises(ValueError, match=said):
+        attribute_record(tiny_model, smol_tokenizer, {**record(), field: value}, steps=2, method="gausslegendre")
+
+
+def test_bad_options_fail_before_the_model_runs(tiny_model, smol_tokenizer):
+    for bad in (dict(steps=0), dict(steps=8, max_steps=4), dict(method="simpson"), dict(baseline="mean"),
+                dict(method="riemann_left", steps=1), dict(target_error=-0.1), dict(batch_size=0)):
+        with pytest.raises(ValueError):
+            attribute_record(tiny_model, smol_tokenizer, record(), **bad)
+
+
+def test_config_checks_itself_before_out_is_touched(tmp_path, write_jsonl):
+    src, out = write_jsonl("in.jsonl", [record()]), tmp_path / "out.jsonl"
+    cases = [(dict(steps=0), "steps"), (dict(steps=16, max_steps=8), "max_steps"), (dict(method="simpson"), "method"),
+             (dict(baseline="mean"), "baseline"), (dict(method="riemann_middle", steps=1), "steps"),
+             (dict(target_error=float("nan")), "target_error"), (dict(batch_size=-1), "batch_size"),
+             (dict(threads=-1), "threads"), (dict(device="tpu"), "device"),
+             (dict(input=str(tmp_path / "missing.jsonl")), "no such file"), (dict(out=str(src)), str(src))]
+    if not torch.cuda.is_available():
+        cases.append((dict(device="cuda"), "CUDA"))
+    if not torch.backends.mps.is_available():
+        cases.append((dict(device="mps"), "MPS"))
+    for bad, said in cases:
+        with pytest.raises(ValueError, match=said) as e:
+            A.AttributeConfig(**{"input": str(src), "out": str(out), **bad})
+        assert "\n" not in str(e.value)  # one line
+    assert not out.exists()
+    cfg = A.AttributeConfig(input=str(src), out=str(out))
+    assert (cfg.steps, cfg.method, cfg.baseline, cfg.max_steps) == (A.STEPS, A.METHOD, A.BASELINE, A.MAX_STEPS)
+
+
+def test_run_attribute_skips_mistyped_records(tmp_path, write_jsonl, tiny_model_dir):
+    import json
+
+    good = record()
+    src = write_jsonl("in.jsonl", [good, {**good, "id": "null", "answer": None},
+                                   {**good, "id": "ints", "segments": [1, 2]}, {**good, "id": "s2"}])
+    out = tmp_path / "out.jsonl"
+    cfg = A.AttributeConfig(input=str(src), out=str(out), model=str(tiny_model_dir), steps=2,
+                            method="gausslegendre", on_error="skip", threads=1)
+    assert A.run_attribute(cfg).startswith("2 attributed, 0 already done, 2 skipped")
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["s1", "s2"]
+
+
+def test_import_is_light():
+    """``segkit attribute --help`` imports this module: no torch, transformers or captum."""
+    code = "import sys, segkit.attribute; print(sorted(m for m in ('torch', 'transformers', 'captum') if m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"

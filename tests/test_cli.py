@@ -33,32 +33,44 @@ def test_segment_attribute_select_chain(tmp_path, write_jsonl, tiny_model_dir, c
     assert "2 traces" in capsys.readouterr().out
 
 
+def with_segments(rec, segments=None):
+    segments = segments or [rec["solution"]]
+    return {**rec, "solution": "".join(segments), "segments": segments}
+
+
 @pytest.mark.parametrize("bad,stage,message", [
     ('{"question": "q", "solution": "s", "answer": "1"', "segment", "not JSON"),
-    ('[1, 2]', "segment", "expected a JSON object"),
+    ('[1, 2]', "segment", "expected a JSON object, got a list"),
     ({"question": "q", "answer": "1"}, "segment", "missing field 'solution'"),
     ({"question": "q", "solution": "   ", "answer": "1"}, "segment", "empty solution"),
-    ({**SHORT, "id": "bad", "segments": ["x"], "answer": ""}, "attribute", "yields no tokens"),
-    ({**SHORT, "id": "bad", "answer": "7"}, "attribute", "missing field 'segments'"),
-    ({**SHORT, "id": "bad", "segments": ["word " * 600]}, "attribute", "longer than the model's context of 512"),
+    ({"question": "q", "solution": ["a"], "answer": "1"}, "segment", "field 'solution': expected a string, got a list"),
+    ({**with_segments(SHORT), "id": "bad", "answer": ""}, "attribute",
+     "field 'answer': expected a non-empty string or number, got a string"),
+    ({**SHORT, "id": "bad", "answer": "7"}, "attribute", "missing field 'segments' (run `segkit segment` first)"),
+    ({**with_segments(SHORT, ["word " * 600]), "id": "bad"}, "attribute", "longer than the model's context of 512"),
 ])
 def test_bad_input_is_named_and_earlier_results_stay(bad, stage, message, tmp_path, write_jsonl, tiny_model_dir,
                                                       capsys):
-    good = {**OTHER, "segments": ["10 - 3 = 7."]}
+    good = with_segments(OTHER)
     src = write_jsonl("in.jsonl", [good, bad, {**good, "id": "after"}])
     out = tmp_path / "out.jsonl"
+    out.write_text(earlier := json.dumps({**good, "id": "earlier"}) + "\n")
     extra = ["--model", tiny_model_dir, "--steps", 2] if stage == "attribute" else []
     assert run(stage, src, "--out", out, *extra) == 2
     err = capsys.readouterr().err
-    assert f"{src}:2:" in err and message in err
-    assert finished_ids(out) == ["s2"]  # the record before the bad one is written, nothing lost
+    (line,) = [x for x in err.splitlines() if x.startswith(f"segkit {stage}: error: ")]  # one line, no traceback
+    assert line.startswith(f"segkit {stage}: error: {src}:2: ") and message in line and "Traceback" not in err
+    if stage == "segment":  # a stage that rewrites OUT leaves it as it was when it fails
+        assert out.read_text() == earlier
+    else:  # an appending stage keeps what it had and the record before the bad one: nothing lost
+        assert finished_ids(out) == ["earlier", "s2"]
     # --on-error skip reports the bad line and goes on; the rerun resumes (s2 is not recomputed)
     assert run(stage, src, "--out", out, "--on-error", "skip", *extra) == 0
-    assert finished_ids(out) == ["s2", "after"]
+    assert finished_ids(out) == (["s2", "after"] if stage == "segment" else ["earlier", "s2", "after"])
 
 
 def test_attribute_resumes_after_interruption(tmp_path, write_jsonl, tiny_model_dir):
-    segs = [{**r, "segments": [r["solution"]]} for r in (SHORT, OTHER, {**OTHER, "id": "s3"})]
+    segs = [with_segments(r) for r in (SHORT, OTHER, {**OTHER, "id": "s3"})]
     src = write_jsonl("in.jsonl", segs)
     out = tmp_path / "out.jsonl"
     assert run("attribute", src, "--out", out, "--model", tiny_model_dir, "--steps", 2) == 0
@@ -95,3 +107,42 @@ def test_real_pretrained_lm_through_the_stages(tmp_path, write_jsonl):
     assert r["f_input"] > r["f_baseline"]  # the real model is more confident in "7" given the trace
     assert r["f_input"] > -5  # and fairly confident in absolute terms
     assert all(isinstance(i, int) for i in r["selected_spans_ids"])
+
+
+def test_device_and_model_folder_errors_say_what_is_wrong(tmp_path):
+    import torch
+
+    from segkit.models import locate, resolve_device
+
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device 'cuda': CUDA is not available here"):
+            resolve_device("cuda")
+    with pytest.raises(ValueError, match="unknown device 'gpu'"):
+        resolve_device("gpu")
+    assert resolve_device("cpu").type == "cpu"
+    with pytest.raises(FileNotFoundError, match="not a model folder: no config.json"):
+        locate(str(tmp_path))
+    (tmp_path / "m.gguf").write_bytes(b"")
+    assert locate(str(tmp_path)) == (str(tmp_path), "m.gguf")  # a folder holding one GGUF file is that file
+
+
+@pytest.mark.parametrize("command", ["segment", "select", "synth", "train", "evaluate", "report"])
+def test_to_argv_rebuilds_the_config(command, tmp_path):
+    """``cli.to_argv`` is the inverse of the parser: evaluate relies on it to rerun itself in the vLLM environment."""
+    import dataclasses
+
+    from segkit.cli import build_parser, config_class, to_argv
+
+    cls = config_class(command)
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"question": "q", "solution": "s", "answer": "1"}\n')
+    given = {"segment": dict(input=str(src), out=str(tmp_path / "o.jsonl"), unique_ids="suffix"),
+             "select": dict(input=str(src), out=str(tmp_path / "o.jsonl"), tau=0.5, beta=0.3),
+             "synth": dict(out=str(tmp_path / "o.jsonl"), n=3),
+             "train": dict(data=str(src), out=str(tmp_path / "m"), mode="selective", lora_r=4, grad_accum=2),
+             "evaluate": dict(model="m", data=[str(src), str(src)], out=str(tmp_path / "o.jsonl"), n=4,
+                              overwrite=True, temperature=0.6),
+             "report": dict(params=str(src), only=["a", "b"], fresh=True)}[command]
+    cfg = cls(**given)
+    args = build_parser(command).parse_args([command, *to_argv(cfg)])
+    assert cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}) == cfg

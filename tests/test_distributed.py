@@ -3,7 +3,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -16,8 +15,8 @@ VOLATILE = {"attribution_seconds"}
 
 
 def records(n):
-    return [{**SHORT, "id": f"r{i}", "answer": str(i % 10), "segments": [f"Step {i}.", "\n\nWait, sure."]}
-            for i in range(n)]
+    return [{**SHORT, "id": f"r{i}", "answer": str(i % 10), "solution": f"Step {i}.\n\nWait, sure.",
+             "segments": [f"Step {i}.", "\n\nWait, sure."]} for i in range(n)]
 
 
 def strip(recs):
@@ -98,3 +97,30 @@ def test_torchrun_training_saves_a_model_that_loads(tmp_path):
     model = AutoModelForCausalLM.from_pretrained(out)
     tok = AutoTokenizer.from_pretrained(out)
     assert model.get_input_embeddings().num_embeddings >= len(tok)
+
+
+@pytest.mark.slow
+def test_torchrun_evaluate_equals_single_process(tmp_path, write_jsonl, tiny_model_dir):
+    """Each rank generates for its share of problems; the merged records equal one process's, each problem once."""
+    bench = write_jsonl("bench.jsonl", [{"id": str(i), "problem": f"What is {i} + {i}?", "answer": str(2 * i)}
+                                        for i in range(7)])
+    single, multi = tmp_path / "single.jsonl", tmp_path / "multi.jsonl"
+    # batch size 1: a problem's greedy tokens cannot depend on which others share its batch (padding)
+    args = ["evaluate", "--model", str(tiny_model_dir), "--data", str(bench), "--max-new-tokens", "5",
+            "--batch-size", "1", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "segkit", *args, "--out", str(single)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = subprocess.run([*TORCHRUN, "-m", "segkit", *args, "--out", str(multi)], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert {owner(f"bench/{i}", 2) for i in range(7)} == {0, 1}  # both ranks had work
+    a, b = load(single), load(multi)
+    assert [r["id"] for r in b] == [f"bench/{i}" for i in range(7)]  # input order, each problem once
+    assert b == a
+    assert json.loads(multi.with_suffix(".summary.json").read_text())["datasets"]["bench"]["n_problems"] == 7
+    # a relaunch finds every problem done: nothing generated, nothing appended
+    proc = subprocess.run([*TORCHRUN, "-m", "segkit", *args, "--out", str(multi)], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0 and load(multi) == a, proc.stderr[-3000:]

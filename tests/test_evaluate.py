@@ -4,8 +4,8 @@ import threading
 
 import pytest
 
-from segkit.evaluate import (EvalConfig, evaluate_samples, extract_answer, generate, grade, pass_at_k, read_benchmark,
-                             run_evaluate)
+from segkit.evaluate import EvalConfig, evaluate_samples, extract_answer, grade, pass_at_k, read_benchmark, run_evaluate
+from segkit.generation import HFEngine
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -139,11 +139,11 @@ QUESTIONS = ["What is 2+3?", "Compute the sum of all positive divisors of 36, th
 
 def test_generate_shapes_and_greedy(tiny):
     model, tok, _ = tiny
-    out = generate(model, tok, QUESTIONS, n=3, max_new_tokens=6, batch_size=2)
+    out = HFEngine(model, tok, 2).sample(QUESTIONS, n=3, max_new_tokens=6)
     assert [len(s) for s in out] == [3, 3, 3]
     assert all(s == [s[0]] * 3 for s in out)  # greedy: n identical samples
     assert all(x["n_tokens"] == 6 for s in out for x in s)  # no eos drawn: the whole budget
-    one_by_one = [generate(model, tok, [q], max_new_tokens=6, batch_size=1)[0] for q in QUESTIONS]
+    one_by_one = [HFEngine(model, tok, 1).sample([q], max_new_tokens=6)[0] for q in QUESTIONS]
     assert [s[:1] for s in out] == one_by_one  # left padding does not change greedy outputs
 
 
@@ -162,7 +162,7 @@ def test_generate_stops_at_eos_and_counts_no_padding(tiny):
     old = model.generation_config.eos_token_id
     model.generation_config.eos_token_id = [old, stop_id]
     try:
-        stopped = generate(model, tok, QUESTIONS, max_new_tokens=8, batch_size=3)
+        stopped = HFEngine(model, tok, 3).sample(QUESTIONS, max_new_tokens=8)
     finally:
         model.generation_config.eos_token_id = old
     assert [s[0]["n_tokens"] for s in stopped] == expected
@@ -172,8 +172,8 @@ def test_generate_stops_at_eos_and_counts_no_padding(tiny):
 
 def test_generate_sampling_is_seeded(tiny):
     model, tok, _ = tiny
-    a = generate(model, tok, QUESTIONS[:2], n=4, temperature=1.0, max_new_tokens=5, batch_size=8, seed=1)
-    b = generate(model, tok, QUESTIONS[:2], n=4, temperature=1.0, max_new_tokens=5, batch_size=8, seed=1)
+    a = HFEngine(model, tok, 8).sample(QUESTIONS[:2], n=4, temperature=1.0, max_new_tokens=5, seed=1)
+    b = HFEngine(model, tok, 8).sample(QUESTIONS[:2], n=4, temperature=1.0, max_new_tokens=5, seed=1)
     assert a == b and [len(s) for s in a] == [4, 4]
     assert len({x["text"] for x in a[0]}) > 1  # samples differ from one another
 
@@ -215,3 +215,27 @@ def test_answer_after_trace_reads_the_answer_off_the_trace():
     records = [{"question": "What is 40 + 2?", "solution": trace, "answer": "42"},
                {"question": "What is 40 + 2?", "solution": trace, "answer": "17"}]
     assert answer_after_trace(model, tok, records) == [True, False]
+
+
+def test_engine_errors_are_one_line(capsys):
+    from segkit.cli import main
+
+    with pytest.raises(SystemExit):  # argparse names the choices
+        main(["evaluate", "--model", "m", "--data", "d.jsonl", "--engine", "tgi"])
+    assert "invalid choice: 'tgi' (choose from 'hf', 'vllm')" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown engine 'tgi'"):
+        EvalConfig(model="m", data=["d.jsonl"], engine="tgi")
+    if importlib.util.find_spec("vllm") is None:
+        assert main(["evaluate", "--model", "m", "--data", "d.jsonl", "--engine", "vllm"]) == 2
+        err = capsys.readouterr().err
+        assert "vLLM is not installed in this environment" in err and "make vllm" in err and err.count("\n") == 1
+
+
+def test_out_must_not_be_a_benchmark_it_reads(tmp_path):
+    from segkit.records import OutputError
+
+    bench = tmp_path / "b.jsonl"
+    bench.write_text(json.dumps({"problem": "x?", "answer": "1"}) + "\n")
+    with pytest.raises(OutputError):
+        run_evaluate(EvalConfig(model="unused", data=[str(bench)], out=str(bench)))
+    assert bench.read_text().count("\n") == 1

@@ -1,5 +1,6 @@
 """The report runner on tiny notebooks (papermill, nbconvert, index.html, failure, reuse), and the shipped notebooks
 are clean: no outputs, exactly one `parameters` cell, and the default parameter file names only what they declare."""
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -8,7 +9,11 @@ import pytest
 import yaml
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
+from segkit import cache, pipeline
 from segkit.cli import main
+from segkit.params import CheckError
+from segkit.pipeline import PipelineConfig
+from segkit.records import OutputError
 from segkit.report import DEFAULT_PARAMS, NOTEBOOKS, ReportConfig, ReportError, load_params, run_report
 
 SHIPPED = sorted(NOTEBOOKS.glob("*.ipynb"))
@@ -30,13 +35,82 @@ def test_shipped_notebook_is_clean_with_one_parameters_cell(path):
     assert nb.metadata.kernelspec.name == "python3"
 
 
-def test_default_parameter_files_fit_the_notebooks():
-    for path in (DEFAULT_PARAMS, DEFAULT_PARAMS.with_name("full.yaml")):
-        spec, runs = load_params(path, workdir=Path("/tmp/w"))
-        assert [r.notebook.name for r in runs][0].startswith("01") and len({r.name for r in runs}) == len(runs)
-        assert any(r.parameters.get("attributor") == "smollm2-135m-instruct" for r in runs)  # the real LM run
-        # paths go in relative to the notebook's folder (the kernel's working folder)
-        assert all((r.notebook.parent / r.parameters["workdir"]).resolve() == Path("/tmp/w").resolve() for r in runs)
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_every_notebook_declares_the_pipeline_config_in_its_parameters_cell(path):
+    """One set of names (PipelineConfig's fields) in every notebook, turned into the config by config_from."""
+    import papermill
+
+    declared = set(papermill.inspect_notebook(str(path)))
+    assert {f.name for f in dataclasses.fields(PipelineConfig)} <= declared
+    source = "".join(c.source for c in nbformat.read(path, as_version=4).cells)
+    assert "config_from(globals(), notebook=True)" in source and "PipelineConfig(" not in source
+
+
+@pytest.mark.parametrize("name", ["default", "full", "smollm2", "paper"])
+def test_shipped_parameter_files_fit_the_notebooks(name):
+    spec, runs = load_params(DEFAULT_PARAMS.with_name(f"{name}.yaml"), NOTEBOOKS, workdir=Path("/tmp/w"))
+    assert [r.notebook.name for r in runs][0].startswith("01") and len({r.name for r in runs}) == len(runs)
+    for r in runs:  # every run is a valid pipeline configuration (stage options included)
+        pipeline.config_from(r.given, notebook=True)
+    # a real LM in every file: SmolLM2 as a second attributor on the testbed, or as the base model
+    assert any("smollm2-135m-instruct" in (r.parameters.get("attributor"), r.parameters.get("base_model"))
+               for r in runs) or name == "paper"
+    # paths go in relative to the notebook's folder (the kernel's working folder)
+    assert all((r.notebook.parent / r.parameters["workdir"]).resolve() == Path("/tmp/w").resolve() for r in runs)
+
+
+def test_a_name_the_file_leaves_out_takes_the_pipeline_default_not_the_notebooks(tmp_path):
+    params = tmp_path / "p.yaml"
+    params.write_text(yaml.safe_dump({"parameters": {"n_test": 7}, "runs": ["01_attribution_analysis.ipynb"]}))
+    _, (run,) = load_params(params, NOTEBOOKS, workdir=tmp_path)
+    nb_default = papermill_defaults(run.notebook)["n_train"]
+    assert run.parameters["n_test"] == 7 and run.parameters["n_train"] == PipelineConfig.n_train != int(nb_default)
+
+
+def papermill_defaults(path):
+    import papermill
+
+    return {k: v["default"] for k, v in papermill.inspect_notebook(str(path)).items()}
+
+
+def test_paper_parameters_check_names_what_is_missing_and_how_to_bring_it(capsys):
+    """paper.yaml checks here except for its data files and the DeepSeek model, each named with how to bring it,
+    and the work is estimated; the command exits 2."""
+    path = DEFAULT_PARAMS.with_name("paper.yaml")
+    with pytest.raises(CheckError) as err:
+        run_report(ReportConfig(params=str(path), check=True))
+    msg = str(err.value)
+    for f in ("limo.jsonl", "math500.jsonl", "aime24.jsonl", "amc23.jsonl", "minerva.jsonl", "gpqa_diamond.jsonl",
+              "olympiadbench.jsonl"):
+        assert f"data/{f} is missing: see data/README.md" in msg
+    assert "'deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B' is not in the local Hugging Face cache" in msg
+    assert "hf download deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B" in msg
+    # the estimate says what it can without the files: the paper's IG points, the samples and budget per problem
+    assert "attribution: all traces x ? (file missing) tokens x 50 IG points" in msg
+    assert "aime24: ? problems x 32 x 32768" in msg and "math500: ? problems x 6 x 32768" in msg
+    assert main(["report", "--params", str(path), "--check"]) == 2
+    assert "limo.jsonl" in capsys.readouterr().err
+
+
+def test_check_passes_a_complete_file_and_estimates_the_work(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec = {"make_data": {"data/t.jsonl": {"n": 12}, "data/b.jsonl": {"n": 5, "split": "test"}},
+            "parameters": {"train_data": "data/t.jsonl", "benchmarks": ["data/b.jsonl"],
+                           "base_model": "smollm2-135m-instruct", "n_attribute": 10, "n_eval": 4,
+                           "modes": ["full", "selective"], "generate": {"max_new_tokens": 100, "n": 2},
+                           "samples": {"b": 3}},
+            "runs": [{"notebook": "01_attribution_analysis.ipynb"}, {"notebook": "03_selective_finetuning.ipynb"}]}
+    params = tmp_path / "p.yaml"
+    params.write_text(yaml.safe_dump(spec))
+    out = run_report(ReportConfig(params=str(params), check=True, notebooks=str(NOTEBOOKS)))
+    assert "every parameter, file and model is in place" in out
+    assert "attribution: 10 traces" in out
+    assert "generation: 3 models x <= 1,200 tokens" in out  # 4 problems x 3 samples (b's own n) x 100 tokens
+    assert not (tmp_path / "data").exists()  # checking makes nothing
+    spec["parameters"]["train"] = {"epoch": 2}
+    params.write_text(yaml.safe_dump(spec))
+    with pytest.raises(ValueError, match="epoch"):
+        run_report(ReportConfig(params=str(params), check=True, notebooks=str(NOTEBOOKS)))
 
 
 def notebook(path: Path, *cells: str, params: str = 'greeting = "hello"\nmarker = ""'):
@@ -135,10 +209,7 @@ def test_a_failing_cell_stops_the_run_and_keeps_the_partial_notebook(project):
     # raised through it before)
     argv = ["report", "--params", project["params"], "--out", reports, "--workdir", project["dir"] / "runs",
             "--notebooks", project["dir"] / "notebooks"]
-    try:
-        assert main([str(a) for a in argv]) != 0
-    except ReportError as e:
-        assert "boom hi" in str(e)
+    assert main([str(a) for a in argv]) == 2
 
 
 def test_unknown_parameters_are_named(project):
@@ -146,3 +217,34 @@ def test_unknown_parameters_are_named(project):
     project["params"].write_text(yaml.safe_dump(spec))
     with pytest.raises(ValueError, match=r"01_tiny.ipynb has no parameters \['greting'\]"):
         run_report(project["cfg"]())
+
+
+def test_a_code_change_executes_the_notebooks_again(project, monkeypatch):
+    """The fingerprint covers segkit's code: after a change, the notebooks run again (without --rerun)."""
+    run_report(project["cfg"]())
+    assert "1 reused" in run_report(project["cfg"]()) and executions(project) == 1
+    real = cache.module_hash
+    monkeypatch.setattr(cache, "module_hash", lambda m: "edited" if m == "segkit.score" else real(m))
+    assert "1 notebooks run" in run_report(project["cfg"]()) and executions(project) == 2
+
+
+def test_the_output_folder_must_not_hold_the_notebooks(project):
+    with pytest.raises(OutputError):
+        run_report(dataclasses.replace(project["cfg"](), out=str(project["dir"] / "notebooks")))
+    assert executions(project) == 0
+    with pytest.raises(FileNotFoundError, match="not installed with the package"):
+        run_report(dataclasses.replace(project["cfg"](), notebooks=str(project["dir"] / "nowhere")))
+
+
+def test_a_data_file_changed_in_place_executes_the_notebook_again(project):
+    nbs = project["dir"] / "notebooks"
+    notebook(nbs / "03_data.ipynb", COUNT, params='greeting = "hello"\nmarker = ""\ntrain_data = None')
+    data = project["dir"] / "traces.jsonl"
+    data.write_text('{"question": "q", "solution": "s", "answer": "1"}\n')
+    spec = {**project["spec"], "runs": [{"notebook": "03_data.ipynb"}]}
+    spec["parameters"] = {**spec["parameters"], "train_data": str(data)}
+    project["params"].write_text(yaml.safe_dump(spec))
+    run_report(project["cfg"]())
+    assert "1 reused" in run_report(project["cfg"]()) and executions(project) == 1
+    data.write_text('{"question": "q", "solution": "s", "answer": "2"}\n')  # same path, new content
+    assert "1 notebooks run" in run_report(project["cfg"]()) and executions(project) == 2

@@ -64,3 +64,19 @@ def test_straddling_token_belongs_where_it_starts():
     assert spans == [(0, 2), (2, 3)]
     # an empty first segment gets no token
     assert token_spans([(0, 2), (2, 4)], char_spans(["", "ab", "cd"])) == [(0, 0), (0, 1), (1, 2)]
+
+
+def test_windows_line_breaks_split_where_unix_ones_do():
+    """A keyword's "\n" also matches "\r\n": the same segments, the text unchanged, "".join still the trace."""
+    assert segment("a=1.\r\n\r\nWait, a=1 indeed.") == ["a=1.", "\r\n\r\nWait, a=1 indeed."]
+    assert segment("a\r\n\r\nBut wait b\n\nHmm c", "retro") == ["a", "\r\n\r\nBut wait b", "\n\nHmm c"]
+    rng = random.Random(1)
+    pieces = list(KEYWORDS["retro"]) + ["\n\n", "\n", " Wait", "x = 1.", "\n\nWai", "é"]
+    for _ in range(300):
+        unix = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))
+        windows = unix.replace("\n", "\r\n")
+        segs = segment(windows, "retro")
+        assert "".join(segs) == windows
+        assert [s.replace("\r\n", "\n") for s in segs] == segment(unix, "retro")
+    # a lone "\r" is not a line break: no split
+    assert segment("a\r\rWait b") == ["a\r\rWait b"]

@@ -1,4 +1,5 @@
 """Label masks per mode (checked by decoding the trained tokens), all-masked examples skipped, a real Trainer run."""
+import importlib.util
 import json
 import logging
 import math
@@ -9,19 +10,22 @@ from segkit import prompt as P
 from segkit.records import dump
 from segkit.score import always_kept
 from segkit.segment import segment
-from segkit.synth import USEFUL, SynthConfig, generate
-from segkit.train import (TrainConfig, build_example, build_model, build_tokenizer, prepare, run_train,
-                          segments_for_mode)
+from segkit.score import MODES, segments_for_mode
+from segkit.synth import USEFUL, SynthConfig, make_records
+from segkit.train import TrainConfig, build_example, build_model, build_tokenizer, prepare, run_train
 
-SMALL = dict(steps=2, distractors=1, redundant=1.0)  # short traces keep the Trainer run to seconds
+SMALL = dict(chain_length=2, distractors=1, redundant=1.0)  # short traces keep the Trainer run to seconds
 
 
 @pytest.fixture(scope="module")
 def records():
-    recs = generate(SynthConfig(out="", n=40, seed=7, **SMALL))
-    for r in recs:  # a selection that leaves gaps, as `segkit select` would
+    recs = make_records(SynthConfig(out="", n=40, seed=7, **SMALL))
+    for r in recs:  # a selection that leaves gaps, as `segkit select` would; scores whose top-k is known
         n = len(segment(r["solution"]))
         r["selected_spans_ids"] = list(range(1, n - 2, 2))
+        r["strength"] = [1.0 if i == 1 else 0.0 for i in range(n)]
+        r["segment_log_perplexity"] = [0.1 * i for i in range(n)]
+        r["segment_entropy"] = [0.1 * (n - i) for i in range(n)]
     return recs
 
 
@@ -66,15 +70,27 @@ def test_tokenizer_round_trips_with_offsets(tok, records):
     assert P.format_prompt(tok, "Q?").endswith("<think>\n")
 
 
-@pytest.mark.parametrize("mode", ["selective", "full", "pruned", "oracle"])
+def expected_choice(rec, mode, n):
+    """The segments each mode must train, worked out from the record's fields by hand (not by the code's rule)."""
+    k = len(rec["selected_spans_ids"])
+    return {"full": list(range(n)), "selective": rec["selected_spans_ids"], "pruned": rec["selected_spans_ids"],
+            "strength-only": [1],  # all the strength is on segment 1
+            "perplexity": list(range(n - k, n)), "entropy": list(range(k)),  # increasing / decreasing scores
+            "oracle": [i for i, r in enumerate(rec["segment_roles"]) if r in USEFUL]}.get(mode)
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_trained_tokens_are_exactly_the_chosen_segments(tok, records, mode):
     for rec in records:
         segs = segment(rec["solution"])
-        chosen = {"full": range(len(segs)), "oracle": [i for i, r in enumerate(rec["segment_roles"]) if r in USEFUL]
-                  }.get(mode, rec["selected_spans_ids"])
+        chosen = expected_choice(rec, mode, len(segs))
+        if chosen is None:  # random: as many as the selection, drawn reproducibly per trace
+            chosen = segments_for_mode(rec, mode, seed=3)
+            assert len(chosen) == len(rec["selected_spans_ids"]) and set(chosen) <= set(range(len(segs)))
+            assert chosen == segments_for_mode(rec, mode, seed=3)
         kept = sorted(set(chosen) | set(always_kept(len(segs))))
-        assert segments_for_mode(rec, mode) == sorted(chosen)
-        ex = build_example(tok, rec, mode)
+        assert segments_for_mode(rec, mode, seed=3) == sorted(chosen)
+        ex = build_example(tok, rec, mode, seed=3)
         prompt_ids = P.encode(tok, P.format_prompt(tok, rec["question"]))[0]
         assert ex["input_ids"][:len(prompt_ids)] == prompt_ids and set(ex["labels"][:len(prompt_ids)]) == {-100}
         closing = P.answer_text(rec["answer"])[0] + tok.eos_token  # the think block closed with the answer
@@ -87,15 +103,49 @@ def test_trained_tokens_are_exactly_the_chosen_segments(tok, records, mode):
             expected[-1] += closing  # the last segment is kept, so the answer string and eos are trained
         assert tok.decode(ex["input_ids"][len(prompt_ids):]) == text + closing
         assert trained_texts(tok, ex) == expected
-        bare = build_example(tok, rec, mode, answer_template=None)
+        bare = build_example(tok, rec, mode, seed=3, answer_template=None)
         assert tok.decode(bare["input_ids"][len(prompt_ids):]) == text + tok.eos_token
 
 
+@pytest.fixture(scope="module")
+def byte_tok(records):
+    """The testbed tokenizer with no merges: one token per byte (special tokens whole), so counts are by hand."""
+    from segkit.testbed_model import SPECIAL_TOKENS
+
+    return build_tokenizer([r["solution"] for r in records], vocab_size=256 + len(SPECIAL_TOKENS))
+
+
+@pytest.mark.parametrize("mode, keep, template, fraction", [
+    ("selective", [], "", 9 / 16),        # segments 1, 2: 4 + 5 of 15 trace bytes + eos; eos goes with the last
+    ("pruned", [], "", 10 / 16),          # the same 9 bytes, now ending the text, so eos is trained too
+    ("full", [], "", 16 / 16),
+    ("selective", ["last"], "", 13 / 16),  # + segment 3 (3 bytes) and eos
+    # the answer string: "</think>" (one special token) + " So, the final answer is \\boxed{4}" (34 bytes)
+    ("selective", ["last"], P.ANSWER_TEMPLATE, (12 + 35 + 1) / (15 + 35 + 1)),
+    ("pruned", ["first"], P.ANSWER_TEMPLATE, (3 + 9 + 35 + 1) / (15 + 35 + 1)),  # the pruned text ends trained
+])
+def test_trained_token_fraction_by_hand(byte_tok, mode, keep, template, fraction):
+    rec = {"id": "h", "question": "Q", "segments": ["Go.", " x1.", " y22.", " z."], "answer": "4",
+           "selected_spans_ids": [1, 2]}
+    assert [len(P.encode(byte_tok, s)[0]) for s in rec["segments"]] == [3, 4, 5, 3]
+    _, stats = prepare(byte_tok, [rec], TrainConfig(data="", out="", mode=mode, always_keep=keep,
+                                                     answer_template=template))
+    assert stats["trained_tokens"] / stats["trace_tokens"] == pytest.approx(fraction, abs=1e-12)
+
+
+def test_training_and_attribution_read_the_same_ids(tok, records, smol_tokenizer):
+    """The full-mode example is prompt + trace + answer string (+ eos), token for token what attribution reads."""
+    for t in (tok, smol_tokenizer):
+        for rec in records[:5]:
+            segs = segment(rec["solution"])
+            ex = build_example(t, rec, "full")
+            assert ex["input_ids"] == P.assemble(t, rec["question"], segs, rec["answer"]).input_ids.tolist() + \
+                [t.eos_token_id]
+
+
 def test_other_modes_pick_as_many_segments_as_the_selection(records):
-    rec = dict(records[0], segment_log_perplexity=[0.1 * i for i in range(20)], strength=[1.0] + [0.0] * 19)
-    n = len(segment(rec["solution"]))
-    rec["segment_log_perplexity"] = rec["segment_log_perplexity"][:n]
-    rec["segment_entropy"] = rec["segment_log_perplexity"][::-1]
+    n = len(segment(records[0]["solution"]))
+    rec = dict(records[0], strength=[1.0] + [0.0] * (n - 1))
     k = len(rec["selected_spans_ids"])
     assert segments_for_mode(rec, "random", seed=1) == segments_for_mode(rec, "random", seed=1)
     assert len(segments_for_mode(rec, "random", seed=1)) == k
@@ -169,3 +219,129 @@ def test_saved_testbed_model_reads_text_as_it_was_trained(records, tmp_path):
 def test_tiny_model_is_about_a_million_parameters(tok):
     n = sum(p.numel() for p in build_model(tok).parameters())
     assert 0.5e6 < n < 1.5e6
+
+
+# --- options at the paper's scale ---------------------------------------------------------------------------------
+
+def test_bad_options_are_one_line_errors(capsys, monkeypatch):
+    import torch
+
+    from segkit.cli import main
+
+    cases = [(["--batch-size", "0"], "--batch-size must be at least 1"),
+             (["--grad-accum", "0"], "--grad-accum must be at least 1"),
+             (["--warmup-ratio", "1.5"], "--warmup-ratio"), (["--bf16", "--fp16"], "exclude each other")]
+    if importlib.util.find_spec("flash_attn") is None:
+        cases.append((["--attn-implementation", "flash_attention_2"], "needs the flash-attn package"))
+    if not torch.cuda.is_available():
+        cases.append((["--fp16"], "--fp16 needs a CUDA GPU"))
+        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():  # this machine: an AVX2 EPYC
+            cases.append((["--bf16"], "has no bfloat16 arithmetic"))
+    for args, message in cases:
+        assert main(["train", "in.jsonl", "--out", "x", *args]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    # a second, silent precision setting from an accelerate config is refused
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    with pytest.raises(ValueError, match="set mixed_precision: 'no'"):
+        TrainConfig(data="", out="")
+
+
+def test_max_length_defaults_to_the_longest_and_cuts_are_counted(tok, records, caplog):
+    examples, stats = prepare(tok, records[:6], TrainConfig(data="", out="", mode="full"))
+    longest = max(len(e["input_ids"]) for e in examples)
+    assert stats["n_truncated"] == 0 and stats["max_length"] == longest
+    cut_at = sorted(len(e["input_ids"]) for e in examples)[2]  # three examples are longer than this
+    with caplog.at_level(logging.WARNING, logger="segkit"):
+        examples, stats = prepare(tok, records[:6], TrainConfig(data="", out="", mode="full", max_length=cut_at))
+    n_longer = sum(len(build_example(tok, r, "full")["input_ids"]) > cut_at for r in records[:6])
+    assert stats["n_truncated"] == n_longer >= 1 and max(len(e["input_ids"]) for e in examples) == cut_at
+    assert f"{n_longer} of 6 examples cut to --max-length {cut_at} tokens" in caplog.text
+
+
+def test_output_folder_must_not_be_the_init_folder(records, tmp_path):
+    from segkit.records import OutputError
+
+    data = tmp_path / "data.jsonl"
+    dump(records[:2], data)
+    build_model(build_tokenizer([r["solution"] for r in records], tmp_path / "init"), path=tmp_path / "init")
+    for out in (tmp_path / "init", tmp_path / "init" / "ft"):
+        with pytest.raises(OutputError, match="init"):
+            run_train(TrainConfig(data=str(data), out=str(out), init=str(tmp_path / "init")))
+
+
+def test_lora_trains_adapters_and_saves_a_merged_model(records, tmp_path):
+    import torch
+
+    from segkit.models import load_model
+
+    data, init, out = tmp_path / "data.jsonl", tmp_path / "init", tmp_path / "lora"
+    dump(records[:8], data)
+    tok = build_tokenizer([P.PROMPT_SUFFIX, P.ANSWER_TEMPLATE] + [r["question"] + r["solution"] for r in records])
+    build_model(tok, path=init)
+    line = run_train(TrainConfig(data=str(data), out=str(out), init=str(init), mode="full", epochs=2, batch_size=4,
+                                 lr=1e-2, lora_r=4, gradient_checkpointing=True, grad_accum=2))
+    assert "8 examples" in line
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert 0 < summary["n_trainable"] < summary["n_params"] / 10  # only the adapters trained
+    before, _ = load_model(str(init), device="cpu", dtype="float32")
+    after, _ = load_model(str(out), device="cpu", dtype="float32")  # an ordinary folder: adapter merged
+    b, a = before.state_dict(), after.state_dict()
+    assert a.keys() == b.keys()
+    assert not torch.equal(a["model.layers.0.self_attn.q_proj.weight"], b["model.layers.0.self_attn.q_proj.weight"])
+    assert torch.equal(a["model.embed_tokens.weight"], b["model.embed_tokens.weight"])  # LoRA leaves it alone
+
+
+def test_lora_on_a_model_without_linear_layers_is_refused(smol_tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from segkit.finetune import add_lora
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(smol_tokenizer), hidden_size=16, num_hidden_layers=0,
+                                         num_attention_heads=2, intermediate_size=32))  # embeddings and head only
+    with pytest.raises(ValueError, match="has no linear layers to adapt"):
+        add_lora(model, TrainConfig(data="", out="", lora_r=4, init="llama-0-layers"))
+
+
+@pytest.mark.slow
+def test_smollm2_from_gguf_fine_tunes_saves_reloads_and_generates(records, tmp_path, smol_tokenizer):
+    """The real pretrained LM, read from its GGUF file: the quantizer's marks used to stop the Trainer ("purely
+    quantized models") and save_pretrained ("not serializable")."""
+    import torch
+    from transformers import AutoConfig
+
+    from segkit.generation import HFEngine
+    from segkit.models import load_model
+
+    data, out = tmp_path / "sel.jsonl", tmp_path / "ft"
+    dump(records[:2], data)
+    # cut a few tokens into the trace (always-kept first segment): short steps, and the cut is counted
+    prompt = max(len(P.encode(smol_tokenizer, P.format_prompt(smol_tokenizer, r["question"]))[0]) for r in records[:2])
+    line = run_train(TrainConfig(data=str(data), out=str(out), init="smollm2-135m-instruct", mode="selective",
+                                 epochs=1, batch_size=2, lr=1e-4, warmup_ratio=0.0, max_length=prompt + 8,
+                                 always_keep=["first"]))  # no warmup: the one step has a learning rate
+    assert "2 examples" in line and f"2 cut to {prompt + 8} tokens" in line
+    assert AutoConfig.from_pretrained(str(out)).model_type == "llama"
+    assert "quantization_config" not in json.loads((out / "config.json").read_text())
+    model, tok = load_model(str(out), device="cpu", dtype="float32")
+    base, _ = load_model("smollm2-135m-instruct", device="cpu", dtype="float32")
+    assert not torch.equal(model.lm_head.weight, base.lm_head.weight)  # trained, and saved trained
+    sample = HFEngine(model, tok).sample(["What is 2 + 3?"], max_new_tokens=8)[0][0]
+    assert sample["n_tokens"] > 0 and sample["text"].strip()
+
+
+def test_accelerate_configs_leave_precision_and_checkpointing_to_the_options():
+    """One way to set them: `segkit train --bf16 --gradient-checkpointing --grad-accum`, never also the yaml."""
+    from pathlib import Path
+
+    import yaml
+
+    import segkit
+
+    files = sorted((Path(segkit.__file__).parent / "configs" / "accelerate").glob("*.yaml"))
+    assert len(files) >= 4
+    for f in files:
+        cfg = yaml.safe_load(f.read_text())
+        assert cfg["mixed_precision"] == "no", f
+        assert "fsdp_activation_checkpointing" not in cfg.get("fsdp_config", {}), f
+        assert "gradient_accumulation_steps" not in cfg.get("deepspeed_config", {}), f

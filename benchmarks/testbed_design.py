@@ -1,0 +1,203 @@
+"""Measure fine-tuning settings of the testbed in which segment selection can matter (issue 11).
+
+A design is a base model and a fine-tuning set. The base model learns the task from traces of one style (e.g.
+``concise``: only the useful path); every mode then fine-tunes it on long, redundant traces of the same problems'
+distribution, as the paper fine-tunes a base model on a stronger model's long traces. A design is worth using when
+oracle-selective SFT (loss on the planted useful segments only, full trace as context) beats full-trace SFT beyond
+the 95% interval of the paired difference, and full SFT changes the base model measurably.
+
+Everything is built with segkit's own functions (``synth.make_records``, ``train.run_train`` with ``init``,
+``evaluate.run_evaluate``) and cached under ``--workdir``; the measurements are appended as JSON Lines to
+``--log`` (one line per design and mode), from which ``reports/testbed_design.md`` is written.
+
+    OMP_NUM_THREADS=1 nice -n 15 .venv/bin/python benchmarks/testbed_design.py --design concise-2k
+    .venv/bin/python benchmarks/testbed_design.py --table     # the markdown table of every logged design
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+
+from segkit import stats
+from segkit.evaluate import EvalConfig, run_evaluate
+from segkit.records import dump, load
+from segkit.synth import USEFUL, SynthConfig, make_records
+from segkit.train import TrainConfig, build_model, build_tokenizer, run_train
+from segkit import prompt as P
+
+# every design: synth options of the base model's traces and of the fine-tuning traces, sizes and budgets
+BASE = dict(base_synth={"style": "concise"}, n_base=1000, base_epochs=4.0, base_lr=3e-3,
+            ft_synth={"style": "long"}, n_ft=256, ft_epochs=3.0, ft_lr=1e-3, n_eval=100, max_new_tokens=160,
+            modes=("full", "oracle", "random"), base_seeds=(0,), ft_seeds=(0,))
+DESIGNS = {
+    "concise-1k": {},                                                     # 500 base steps: the quick look
+    "concise-1k-2seeds": dict(ft_seeds=(0, 1), base_from="concise-1k"),   # + a fine-tuning seed
+    "concise-2k": dict(n_base=2000, base_epochs=8.0),                     # 2,000 base steps: reads the question?
+    "concise-1k-norestate": dict(base_synth={"style": "concise", "restate_answer": False},
+                                 ft_synth={"style": "long", "restate_answer": False}),
+    "concise-1k-lr3e-3": dict(ft_lr=3e-3, base_from="concise-1k"),
+    "concise-2k-2bases": dict(n_base=2000, base_epochs=8.0, base_seeds=(0, 1), base_from="concise-2k"),
+    "concise-2k-2bases-2seeds": dict(n_base=2000, base_epochs=8.0, base_seeds=(0, 1), ft_seeds=(0, 1),
+                                     base_from="concise-2k"),
+    "concise-2k-lr3e-3": dict(n_base=2000, base_epochs=8.0, ft_lr=3e-3, base_from="concise-2k"),
+    "concise-2k-lr3e-3-2seeds": dict(n_base=2000, base_epochs=8.0, ft_lr=3e-3, ft_seeds=(0, 1),
+                                     base_from="concise-2k"),
+}
+
+
+def design(name: str) -> dict:
+    return {**BASE, **DESIGNS[name]}
+
+
+def build_data(d: dict, root: Path, base_seed: int) -> dict[str, Path]:
+    """Base traces (seed-dependent), fine-tuning traces and held-out problems; a fine-tuning or test question
+    never appears among the base traces."""
+    root.mkdir(parents=True, exist_ok=True)
+    paths = {"base": root / f"base-seed{base_seed}.jsonl", "ft": root / "ft.jsonl", "test": root / "test.jsonl"}
+    if not paths["ft"].exists():
+        dump(make_records(SynthConfig(out="", n=d["n_ft"], seed=0, **d["ft_synth"])), paths["ft"])
+    if not paths["test"].exists():
+        # the test problems are written in the fine-tuning style (the gold answer is what evaluation reads)
+        dump(make_records(SynthConfig(out="", n=d["n_eval"], seed=0, split="test", **d["ft_synth"])), paths["test"])
+    if not paths["base"].exists():
+        taken = {r["question"] for r in load(paths["ft"])}
+        recs = [r for r in make_records(SynthConfig(out="", n=d["n_base"] + 200, seed=100 + base_seed,
+                                                    **d["base_synth"])) if r["question"] not in taken]
+        dump(recs[:d["n_base"]], paths["base"])
+    return paths
+
+
+def oracle_selection(path: Path) -> Path:
+    """The fine-tuning traces with ``selected_spans_ids`` = the planted useful segments, so ``random`` draws as
+    many segments per trace as the oracle trains (a random selection of the oracle's size)."""
+    out = path.with_name("ft-selected.jsonl")
+    if not out.exists():
+        dump([{**r, "selected_spans_ids": [i for i, role in enumerate(r["segment_roles"]) if role in USEFUL]}
+              for r in load(path)], out)
+    return out
+
+
+def train_base(d: dict, paths: dict, root: Path, base_seed: int) -> tuple[Path, float]:
+    """A testbed tokenizer over both styles' text (so the fine-tuning words are single tokens), a fresh tiny Qwen2,
+    trained on the base traces."""
+    out = root / f"base-seed{base_seed}"
+    if not (out / "train_summary.json").exists():
+        recs = load(paths["base"]) + load(paths["ft"])
+        texts = [P.PROMPT_SUFFIX, P.ANSWER_TEMPLATE] + [t for r in recs for t in (r["question"], r["solution"])]
+        init = root / f"init-seed{base_seed}"
+        build_model(build_tokenizer(texts), "tiny", path=init, seed=base_seed)
+        run_train(TrainConfig(data=str(paths["base"]), out=str(out), mode="full", init=str(init),
+                              epochs=d["base_epochs"], lr=d["base_lr"], seed=base_seed, threads=1))
+    return out, json.loads((out / "train_summary.json").read_text())["seconds"]
+
+
+def evaluate(model: Path, test: Path, d: dict) -> tuple[list[dict], float]:
+    out = model / f"eval-{d['n_eval']}-{d['max_new_tokens']}.jsonl"
+    t0 = time.perf_counter()
+    run_evaluate(EvalConfig(model=str(model), data=[str(test)], out=str(out), max_new_tokens=d["max_new_tokens"],
+                            batch_size=50, device="cpu", dtype="float32"))
+    rows = sorted(load(out), key=lambda r: r["id"])
+    return rows, time.perf_counter() - t0
+
+
+def run_design(name: str, workdir: Path, log: Path) -> None:
+    d = design(name)
+    root = workdir / name
+    base_root = workdir / d.get("base_from", name)  # data and base models, shared by designs that name it
+    root.mkdir(parents=True, exist_ok=True)
+    per_problem = []  # rows (problem, base seed, fine-tune seed, mode, correct, n_tokens)
+    seconds = {}
+    for b in d["base_seeds"]:
+        paths = build_data(d, base_root, b)
+        base, seconds[f"base{b}_train"] = train_base(d, paths, base_root, b)
+        rows, seconds[f"base{b}_eval"] = evaluate(base, paths["test"], d)
+        per_problem += [dict(problem=r["id"], base_seed=b, ft_seed=s, mode="base", correct=float(r["correct"][0]),
+                             length=r["n_tokens"][0], hit_limit=r["n_tokens"][0] >= d["max_new_tokens"])
+                        for r in rows for s in d["ft_seeds"]]
+        data = oracle_selection(paths["ft"])
+        for mode in d["modes"]:
+            for s in d["ft_seeds"]:
+                out = root / f"ft-base{b}-{mode}-seed{s}"
+                if not (out / "train_summary.json").exists():
+                    run_train(TrainConfig(data=str(data), out=str(out), mode=mode, init=str(base),
+                                          epochs=d["ft_epochs"], lr=d["ft_lr"], seed=s, threads=1))
+                seconds[f"ft_base{b}_{mode}_seed{s}"] = json.loads((out / "train_summary.json").read_text())["seconds"]
+                rows, seconds[f"eval_base{b}_{mode}_seed{s}"] = evaluate(out, paths["test"], d)
+                per_problem += [dict(problem=r["id"], base_seed=b, ft_seed=s, mode=mode,
+                                     correct=float(r["correct"][0]), length=r["n_tokens"][0],
+                                     hit_limit=r["n_tokens"][0] >= d["max_new_tokens"]) for r in rows]
+    dump(per_problem, root / "per_problem.jsonl")
+    summary = summarise(per_problem)
+    entry = {"design": name, "date": date.today().isoformat(), "machine": machine(), "config": d,
+             "seconds": {k: round(v, 1) for k, v in seconds.items()}, **summary}
+    with log.open("a") as f:
+        f.write(json.dumps(entry) + "\n")
+    print(json.dumps(entry, indent=1))
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Per mode: accuracy, mean length and share of outputs at the token limit, with 95% intervals over problems
+    (and base models; fine-tuning seeds averaged per problem); paired differences of each fine-tuned mode against
+    base and against full."""
+    modes = list(dict.fromkeys(r["mode"] for r in rows))
+    table = []
+    for mode in modes:
+        row = {"mode": mode}
+        for metric in ("correct", "length", "hit_limit"):
+            ci = stats.mean_ci(rows, mode, metric)
+            row.update({metric: ci["mean"], f"{metric}_ci_low": ci["ci_low"], f"{metric}_ci_high": ci["ci_high"]})
+        table.append(row)
+    pairs = [(m, "base") for m in modes if m != "base"] + [(m, "full") for m in modes if m not in ("base", "full")]
+    diffs = [{"mode": m, "vs": vs, "metric": metric, **stats.paired_difference(rows, m, vs, metric)}
+             for metric in ("correct", "length") for m, vs in pairs]
+    return {"modes": table, "differences": diffs}
+
+
+def machine() -> str:
+    import os
+
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor())
+    return f"{cpu}, {os.cpu_count()} cores, {platform.python_version()}"
+
+
+def markdown(log: Path) -> str:
+    """One table row per (design, mode) from the log."""
+    lines = ["| design | mode | accuracy [95% CI] | mean length [95% CI] | at limit | vs full: accuracy | "
+             "vs full: length |", "|---|---|---|---|---|---|---|"]
+    for line in log.read_text().splitlines():
+        e = json.loads(line)
+        diff = {(x["mode"], x["vs"], x["metric"]): x for x in e["differences"]}
+        for m in e["modes"]:
+            cell = lambda k: f"{m[k]:.3g} [{m[k + '_ci_low']:.3g}, {m[k + '_ci_high']:.3g}]"  # noqa: E731
+            vs = lambda metric: (lambda x: f"{x['diff']:+.3g} [{x['ci_low']:+.3g}, {x['ci_high']:+.3g}]"  # noqa: E731
+                                 if x else "")(diff.get((m["mode"], "full", metric)))
+            lines.append(f"| {e['design']} | {m['mode']} | {cell('correct')} | {cell('length')} | "
+                         f"{m['hit_limit']:.2f} | {vs('correct')} | {vs('length')} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--design", choices=sorted(DESIGNS), action="append", default=[])
+    ap.add_argument("--workdir", default="runs/testbed_design")
+    ap.add_argument("--log", default="runs/testbed_design/measurements.jsonl")
+    ap.add_argument("--table", action="store_true", help="print the markdown table of the logged designs")
+    args = ap.parse_args()
+    workdir, log = Path(args.workdir), Path(args.log)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    for name in args.design:
+        run_design(name, workdir, log)
+    if args.table:
+        print(markdown(log))
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=3)
+    main()

@@ -1,0 +1,33 @@
+"""Analysis of attributed traces and of the training modes: the tables behind the notebooks, and the figures.
+
+One module per job; every name is importable from ``segkit.analysis`` as the notebooks use it:
+
+- ``tables``: one row per segment, the strength CDF (paper Fig. 1), BLEU overlap, the convergence table
+- ``removal``: the change in log p(answer) when a segment is removed (paper Fig. 2; needs the model)
+- ``selection``: precision/recall against planted roles, the tau x beta grid and its saved choice, methods compared
+- ``auc``: ROC-AUC with bootstrap intervals of every segment score against the planted useful roles
+- ``modes``: per-problem results, mode rows with intervals, paired differences and the verdict sentence
+- ``heatmap``: the token heat map (HTML); ``plots``: the figures (matplotlib)
+
+Every function takes records as written by the pipeline (``segments``, ``attributions``, ``strength``, ...;
+``segment_roles`` on the planted-role testbed) and returns plain values, a pandas DataFrame, HTML or a Figure.
+
+    >>> table = segment_table(records, tau=0.7, beta=0.8)     # one row per segment
+    >>> plot_strength_cdf(strength_cdf(records))               # paper Fig. 1
+    >>> auc_table(records, variant="answer restated")          # what IG sees, threshold-free
+"""
+from .auc import SEGMENT_SCORES, auc_table
+from .heatmap import render_heatmap
+from .modes import (METRICS, PAIRS, VERSUS, differences_table, finetuning_headline, modes_table, per_problem_rows,
+                    summarise_modes, verdict)
+from .plots import (plot_completeness, plot_differences, plot_grid, plot_joint, plot_modes, plot_precision_recall,
+                    plot_removal_effect, plot_segment_features, plot_strength_cdf, plot_strength_consistency)
+from .removal import add_removal_effects, answer_log_prob, removal_by_group, segment_removal_effect
+from .selection import (SELECTION_METHODS, choose_tau_beta, choose_tau_beta_on_signal, confidence_gap_spread,
+                        grid_table, load_choice, precision_recall, precision_recall_by_method, save_choice,
+                        selectable_segments)
+from .tables import (GROUPS, ROLE_ORDER, bleu_overlap, completeness_table, importance_labels, is_useful,
+                     segment_table, segments_needed, strength_cdf, strength_group)
+
+__all__ = [name for name in dir() if not name.startswith("_") and name not in
+           ("auc", "heatmap", "modes", "plots", "removal", "selection", "tables")]

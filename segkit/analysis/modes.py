@@ -1,0 +1,102 @@
+"""Training modes compared: per-problem results, mode rows with 95% intervals, paired differences and the verdict.
+
+Evaluation results enter as per-problem rows (``per_problem_rows`` over ``segkit evaluate`` output), one per
+(problem, base seed, fine-tuning seed, mode); ``segkit.stats`` does the two-level bootstrap (base models, then
+problems; fine-tuning seeds averaged), and differences are paired per problem and base model.
+
+    >>> rows = per_problem_rows(load("runs/eval-full.jsonl"), "full", base_seed=0, ft_seed=0) + ...
+    >>> modes_table(rows)                          # mode, accuracy [ci], mean_length [ci], ...
+    >>> diffs = differences_table(rows)            # selective minus full, random, ...; oracle minus full
+    >>> verdict(diffs)                             # one sentence, whichever way the intervals fall
+"""
+from __future__ import annotations
+
+from statistics import fmean
+from typing import Iterable, Sequence
+
+import pandas as pd
+
+from .. import stats
+
+METRICS = ("accuracy", "mean_length")  # the paper's two metrics, per problem: avg@n correctness, mean tokens
+# what the verdict compares: the paper's selection against each baseline, and the planted-truth oracle against
+# full-trace SFT (the check that selection can matter at all on this testbed)
+VERSUS = ("full", "random", "strength-only", "perplexity", "entropy", "oracle")
+PAIRS = tuple(("selective", vs) for vs in VERSUS) + (("oracle", "full"),)
+
+
+def per_problem_rows(eval_records: Iterable[dict], mode: str, base_seed: int = 0, ft_seed: int = 0) -> list[dict]:
+    """``{"problem", "base_seed", "ft_seed", "mode", "accuracy", "mean_length"}`` per record of a ``segkit
+    evaluate`` output file (``id``, ``correct`` and ``n_tokens`` per sample): accuracy is the problem's avg@n."""
+    return [{"problem": r["id"], "base_seed": base_seed, "ft_seed": ft_seed, "mode": mode,
+             "accuracy": fmean(float(c) for c in r["correct"]), "mean_length": fmean(r["n_tokens"])}
+            for r in eval_records]
+
+
+def _counts(rows: Sequence[dict], mode: str) -> dict:
+    mine = [r for r in rows if r["mode"] == mode]
+    return {"n_problems": len({r["problem"] for r in mine}), "n_base_seeds": len({r.get("base_seed", 0) for r in mine}),
+            "n_ft_seeds": len({r.get("ft_seed", 0) for r in mine})}
+
+
+def modes_table(rows: Sequence[dict], metrics: Sequence[str] = METRICS, n_resamples: int = stats.N_RESAMPLES,
+                seed: int = 0) -> pd.DataFrame:
+    """One row per mode (in first-seen order): ``mode``, per metric its mean and ``<metric>_ci_low``/``_ci_high``
+    (95%, two-level bootstrap), ``n_problems``, ``n_base_seeds``, ``n_ft_seeds``."""
+    out = []
+    for mode in dict.fromkeys(r["mode"] for r in rows):
+        row = {"mode": mode}
+        for m in metrics:
+            ci = stats.mean_ci(rows, mode, m, n_resamples, seed)
+            row.update({m: ci["mean"], f"{m}_ci_low": ci["ci_low"], f"{m}_ci_high": ci["ci_high"]})
+        out.append({**row, **_counts(rows, mode)})
+    return pd.DataFrame(out)
+
+
+def differences_table(rows: Sequence[dict], pairs: Sequence[tuple[str, str]] = PAIRS,
+                      metrics: Sequence[str] = METRICS, n_resamples: int = stats.N_RESAMPLES,
+                      seed: int = 0) -> pd.DataFrame:
+    """``{"mode", "vs", "metric", "diff", "ci_low", "ci_high"}`` per pair (``mode`` minus ``vs``, paired per
+    problem and base model) and metric; pairs whose modes are not both in ``rows`` are left out."""
+    present = {r["mode"] for r in rows}
+    return pd.DataFrame([{"mode": a, "vs": b, "metric": m, **stats.paired_difference(rows, a, b, m, n_resamples, seed)}
+                         for a, b in pairs if a in present and b in present for m in metrics],
+                        columns=["mode", "vs", "metric", "diff", "ci_low", "ci_high"])
+
+
+def verdict(differences: pd.DataFrame | Sequence[dict], mode: str = "selective") -> str:
+    """The sentence for ``mode``'s comparisons (``segkit.stats.verdict``), plus the oracle check when present."""
+    diffs = differences.to_dict("records") if isinstance(differences, pd.DataFrame) else list(differences)
+    text = stats.verdict(diffs, mode)
+    if mode != "oracle" and any(d["mode"] == "oracle" for d in diffs):
+        text += " Check that selection can matter here: " + stats.verdict(diffs, "oracle").split(") ", 1)[1]
+    return text
+
+
+def summarise_modes(table: pd.DataFrame, metrics: Sequence[str] = ("accuracy", "mean_length",
+                                                                   "trained_token_fraction"),
+                    as_text: bool = False) -> pd.DataFrame:
+    """Paper Tables 1-3 shape: per ``mode``, ``<metric>_mean`` and ``<metric>_std`` over seeds and ``n_seeds``,
+    from the one-row-per-(mode, seed) table of ``segkit.pipeline.compare_modes``. ``as_text``: one column per
+    metric holding ``"mean ± std"`` (3 significant digits), for reading."""
+    present = [m for m in metrics if m in table]
+    agg = table.groupby("mode", sort=False)[present].agg(["mean", "std"])
+    n_seeds = table.groupby("mode", sort=False).size()
+    if as_text:
+        out = pd.DataFrame({m: [f"{mu:.3g} ± {sd:.2g}" if sd == sd else f"{mu:.3g}"
+                                for mu, sd in zip(agg[(m, "mean")], agg[(m, "std")])] for m in present},
+                           index=agg.index)
+        out.insert(0, "n_seeds", n_seeds)
+        return out.reset_index()
+    agg.columns = [f"{m}_{s}" for m, s in agg.columns]
+    agg.insert(0, "n_seeds", n_seeds)
+    return agg.reset_index()
+
+
+def finetuning_headline(rows: Sequence[dict], pairs: Sequence[tuple[str, str]] = PAIRS,
+                        n_resamples: int = stats.N_RESAMPLES, seed: int = 0) -> dict:
+    """What notebook 03 writes to ``reports/<run>.json``: ``{"modes": [...], "differences": [...], "verdict"}``
+    (``modes_table`` and ``differences_table`` as lists of plain dicts, and ``verdict``)."""
+    diffs = differences_table(rows, pairs, n_resamples=n_resamples, seed=seed)
+    return {"modes": modes_table(rows, n_resamples=n_resamples, seed=seed).to_dict("records"),
+            "differences": diffs.to_dict("records"), "verdict": verdict(diffs)}

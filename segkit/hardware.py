@@ -1,0 +1,128 @@
+"""Hardware planning for attribution: path points per pass, gradient checkpointing, CPU threads.
+
+None of this changes what IG computes (the tests check that batch size and checkpointing leave the attributions
+unchanged); it decides how fast and in how much memory. The numbers behind each choice are in
+reports/benchmark_attribution.md.
+
+    >>> auto_batch_size(torch.device("cpu"), n_tokens=512, point_bytes=10_000)   # 2048 tokens per pass on CPU
+    (4, False)
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+
+import torch
+
+CPU_BATCH_TOKENS = 2048  # on CPU, batches beyond ~2k tokens are no faster per point (benchmark: batch size table)
+
+
+def activation_bytes(F, x: torch.Tensor) -> tuple[float, int]:
+    """``(F(x), bytes)`` for a forward function ``F`` (with a ``.model``) at ``x`` ``(1, T, H)``: one forward
+    pass that also measures what one path point keeps for the backward pass (the tensors autograd saves, weights
+    excluded), so batches are sized from the model at hand."""
+    weights = {p.untyped_storage().data_ptr() for p in F.model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        if s.data_ptr() not in weights:
+            saved[s.data_ptr()] = s.nbytes()
+        return t
+
+    e = x.clone().requires_grad_(True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        f = F(e)
+    return float(f[0].detach()), sum(saved.values())
+
+
+def memory_budget(device: torch.device) -> int:
+    """Bytes the path points of one batch may keep: half the free GPU memory (the backward pass needs about as much
+    again), or a quarter of the available RAM."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] // 2
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+
+
+def auto_batch_size(device: torch.device, n_tokens: int, point_bytes: int) -> tuple[int, bool]:
+    """``(path points per pass, gradient checkpointing)`` for inputs of ``n_tokens`` whose path points keep
+    ``point_bytes`` each. GPUs take as many points as ``memory_budget`` allows; when fewer than two fit, layers are
+    recomputed in the backward pass instead of stored (about a third more compute). On CPU, matrix products are
+    already efficient at a few thousand tokens, so the batch stops at ``CPU_BATCH_TOKENS``."""
+    fits = memory_budget(device) // max(point_bytes, 1)
+    if device.type != "cuda":
+        return max(1, min(fits, CPU_BATCH_TOKENS // n_tokens)), False
+    if fits >= 2:
+        return fits, False
+    # checkpointing keeps each layer's input, not its internals: a twelfth of the activations on the testbed model
+    return max(1, fits * 8), True
+
+
+@contextlib.contextmanager
+def gradient_checkpointing(model, enabled: bool):
+    """Hugging Face's per-layer activation checkpointing, on for the duration. It only acts on layers in training
+    mode, so the layers themselves (not their dropouts, which stay off) are flagged as training meanwhile; the hook
+    it adds to make input embeddings require gradients is removed (our path points already do)."""
+    if not enabled:
+        yield
+        return
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    model.activation_checkpointing_enable()
+    model.disable_input_require_grads()
+    for m in layers:
+        m.training = True
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.training = False
+        model.activation_checkpointing_disable()
+
+
+def cpu_cores() -> int:
+    """Cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@torch.no_grad()
+def fastest_cpu_threads(model, n_tokens: int = 256) -> int:
+    """The torch thread count (1 or every core) under which ``model`` runs a forward pass of ``n_tokens`` faster
+    now, measured twice each; torch's own setting is restored afterwards.
+
+    Under load the answer flips: a thread that shares its core with another busy process stalls every parallel
+    operation (on 2 shared cores, one thread ran 3x faster than two; idle, two ran 1.7x faster than one), and the
+    load average lags too much to tell (reports/benchmark_attribution.md)."""
+    cores = cpu_cores()
+    if cores == 1:
+        return 1
+    ids = torch.arange(n_tokens, device=model.device)[None] % getattr(model.config, "vocab_size", 1000)  # (1, n)
+    before, best = torch.get_num_threads(), {}
+    try:
+        for n in (1, cores) * 2:
+            torch.set_num_threads(n)
+            t = time.perf_counter()
+            model(input_ids=ids, use_cache=False, logits_to_keep=1)
+            best[n] = min(best.get(n, math.inf), time.perf_counter() - t)
+    finally:
+        torch.set_num_threads(before)
+    return min(best, key=best.get)
+
+
+def set_cpu_threads(model, threads: int = 0) -> int | None:
+    """The one thread policy of attribution: sets torch's global thread count for a model on the CPU and returns
+    it (``None`` for a model on an accelerator, where nothing is set).
+
+    ``threads`` > 0 is used as given. Otherwise a count the user or a launcher chose through ``OMP_NUM_THREADS``
+    (torchrun sets 1 per process) is kept, since timing-based choices differ between runs and the thread count
+    changes the order of float sums in the last digits; without one, ``fastest_cpu_threads`` decides."""
+    if model.device.type != "cpu":
+        return None
+    if threads <= 0 and os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads()
+    threads = threads if threads > 0 else fastest_cpu_threads(model)
+    torch.set_num_threads(threads)
+    return threads

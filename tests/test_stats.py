@@ -1,0 +1,120 @@
+"""Intervals, paired differences, ROC-AUC and the verdict sentence, on cases computed by hand."""
+import itertools
+
+import numpy as np
+import pytest
+
+from segkit import stats
+
+
+def rows_of(values: dict, ft_seeds=(0,)):
+    """Rows from ``{(mode, base_seed, problem): value or [value per ft seed]}``."""
+    out = []
+    for (mode, base, problem), v in values.items():
+        vs = v if isinstance(v, list) else [v] * len(ft_seeds)
+        out += [{"mode": mode, "base_seed": base, "ft_seed": s, "problem": problem, "correct": x}
+                for s, x in zip(ft_seeds, vs)]
+    return out
+
+
+def test_auc_hand_computed_with_ties():
+    assert stats.roc_auc([0.9, 0.1, 0.5], [True, False, True]) == 1.0
+    assert stats.roc_auc([0.9, 0.1, 0.5], [False, True, False]) == 0.0
+    # pos {1, 0} vs neg {1, 0}: a tie (1/2), a win, a loss, a tie -> 2 / 4
+    assert stats.roc_auc([1, 1, 0, 0], [1, 0, 1, 0]) == 0.5
+    # pos {0.4, 0.8} vs neg {0.2, 0.4}: 1 + 1/2 + 1 + 1 -> 3.5 / 4
+    assert stats.roc_auc([0.2, 0.4, 0.4, 0.8], [0, 1, 0, 1]) == 0.875
+    assert np.isnan(stats.roc_auc([0.1, 0.2], [1, 1]))
+
+
+def test_auc_equals_the_share_of_pairs_ranked_right():
+    rng = np.random.default_rng(3)
+    scores = rng.integers(0, 5, size=60).astype(float)  # many ties
+    labels = rng.random(60) < 0.4
+    pairs = [(p, n) for p, n in itertools.product(scores[labels], scores[~labels])]
+    by_pairs = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p, n in pairs) / len(pairs)
+    assert stats.roc_auc(scores, labels) == pytest.approx(by_pairs, abs=1e-12)
+
+
+def test_auc_interval_resamples_traces():
+    # every trace ranks its useful segment first: any resample of traces still gives 1
+    perfect = [([0.9, 0.1, 0.2], [True, False, False]), ([0.7, 0.3], [True, False])] * 5
+    out = stats.auc_ci(perfect, n_resamples=200)
+    assert out == {"auc": 1.0, "ci_low": 1.0, "ci_high": 1.0, "n_pos": 10, "n_neg": 15}
+    # half the traces perfectly right, half perfectly wrong: the pooled AUC is 1/2 and the interval is wide
+    mixed = [([0.9, 0.1], [True, False])] * 10 + [([0.1, 0.9], [True, False])] * 10
+    out = stats.auc_ci(mixed, n_resamples=500)
+    assert out["auc"] == 0.5 and out["ci_low"] < 0.35 and out["ci_high"] > 0.65
+
+
+def test_bootstrap_interval_of_a_mean():
+    assert stats.bootstrap_mean_ci([0.25] * 20) == (0.25, 0.25, 0.25)
+    # two values 0 and 1: resample means are 0, 1/2, 1 with probabilities 1/4, 1/2, 1/4 -> the 95% interval is [0, 1]
+    assert stats.bootstrap_mean_ci([0.0, 1.0]) == (0.5, 0.0, 1.0)
+    # 400 fair coin flips: the normal approximation gives 0.5 +- 1.96 * 0.5 / 20 = +- 0.049
+    values = np.tile([0.0, 1.0], 200)
+    mean, lo, hi = stats.bootstrap_mean_ci(values, seed=1)
+    assert mean == 0.5 and hi - lo == pytest.approx(2 * 0.049, abs=0.01)
+    assert stats.bootstrap_mean_ci(values, seed=1) == (mean, lo, hi)  # seeded: same interval
+
+
+def test_hierarchical_interval_covers_the_base_model():
+    # two base models, one solves nothing, the other everything: which base models are drawn decides it all
+    matrix = np.array([[0.0] * 50, [1.0] * 50])
+    assert stats.hierarchical_mean_ci(matrix) == (0.5, 0.0, 1.0)
+    # with one base model it is the bootstrap over problems
+    one = np.tile([0.0, 1.0], 100)[None, :]
+    mean, lo, hi = stats.hierarchical_mean_ci(one, seed=2)
+    assert mean == 0.5 and hi - lo == pytest.approx(2 * 1.96 * 0.5 / np.sqrt(200), abs=0.015)
+
+
+def test_paired_difference_cancels_what_modes_share_and_averages_seeds():
+    # problems differ wildly, but "a" is "b" plus 0.1 on every problem: the paired interval has no width
+    values = {}
+    for p in range(30):
+        values[("b", 0, p)] = p / 30
+        values[("a", 0, p)] = p / 30 + 0.1
+    d = stats.paired_difference(rows_of(values), "a", "b", "correct")
+    assert d["diff"] == pytest.approx(0.1) and d["ci_low"] == pytest.approx(0.1) and d["ci_high"] == pytest.approx(0.1)
+    # fine-tuning seeds are averaged per problem before the bootstrap: seeds 0 and 1 -> 0.5 on each problem
+    seeds = rows_of({("a", 0, p): [0.0, 1.0] for p in range(10)} | {("b", 0, p): [0.0, 0.0] for p in range(10)},
+                    ft_seeds=(0, 1))
+    assert stats.paired_difference(seeds, "a", "b", "correct") == {"diff": 0.5, "ci_low": 0.5, "ci_high": 0.5}
+    assert stats.mean_ci(seeds, "a", "correct") == {"mean": 0.5, "ci_low": 0.5, "ci_high": 0.5}
+
+
+def test_paired_difference_needs_the_same_problems():
+    rows = rows_of({("a", 0, 1): 1.0, ("a", 0, 2): 1.0, ("b", 0, 1): 0.0, ("b", 0, 3): 0.0})
+    with pytest.raises(ValueError, match="same base seeds and problems"):
+        stats.paired_difference(rows, "a", "b", "correct")
+    with pytest.raises(ValueError, match="missing"):
+        stats.mean_ci(rows_of({("a", 0, 1): 1.0, ("a", 1, 2): 1.0}), "a", "correct")
+
+
+def test_verdict_sentence_follows_the_intervals():
+    diffs = [{"mode": "selective", "vs": "full", "metric": "accuracy", "diff": 0.03, "ci_low": -0.01, "ci_high": 0.07},
+             {"mode": "selective", "vs": "full", "metric": "mean_length", "diff": -12, "ci_low": -18, "ci_high": -6},
+             {"mode": "selective", "vs": "random", "metric": "accuracy", "diff": 0.05, "ci_low": 0.01,
+              "ci_high": 0.09},
+             {"mode": "oracle", "vs": "full", "metric": "accuracy", "diff": 0.2, "ci_low": 0.1, "ci_high": 0.3}]
+    assert stats.verdict(diffs) == (
+        "(95% intervals) selective vs full: accuracy +0.030 [-0.010, +0.070], no difference; "
+        "mean length -12.0 [-18.0, -6.0] tokens, shorter. "
+        "selective vs random: accuracy +0.050 [+0.010, +0.090], higher.")
+    assert stats.verdict(diffs, mode="oracle").endswith("oracle vs full: accuracy +0.200 [+0.100, +0.300], higher.")
+    assert stats.verdict(diffs, mode="entropy") == "no comparison of entropy was made."
+
+
+def test_auc_interval_matches_resampling_traces_one_by_one():
+    # the vectorised bootstrap against the plain loop: resample traces, pool, roc_auc
+    rng = np.random.default_rng(5)
+    traces = [(rng.integers(0, 4, size=n).astype(float), rng.random(n) < 0.5) for n in rng.integers(2, 6, size=40)]
+    fast = stats.auc_ci(traces, n_resamples=3000, seed=1)
+    loop = []
+    for _ in range(3000):
+        pick = rng.integers(0, len(traces), size=len(traces))
+        loop.append(stats.roc_auc(np.concatenate([traces[i][0] for i in pick]),
+                                  np.concatenate([traces[i][1] for i in pick])))
+    lo, hi = stats.percentile_interval(np.array(loop))
+    assert fast["ci_low"] == pytest.approx(lo, abs=0.02) and fast["ci_high"] == pytest.approx(hi, abs=0.02)
+    assert fast["ci_low"] < fast["auc"] < fast["ci_high"]
