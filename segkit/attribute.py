@@ -49,13 +49,6 @@ RECORD_FIELDS = ("question", "answer", "segments")  # what a record needs (types
 PREFIX_SHARE = 0.2
 
 
-def __getattr__(name):  # AnswerLogProb moved to segkit.ig; still importable from here, loaded on first use
-    if name == "AnswerLogProb":
-        from .ig import AnswerLogProb
-        return AnswerLogProb
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def check_ig_options(steps: int, method: str, baseline: str, target_error: float | None, max_steps: int,
                      batch_size: int | None = None) -> None:
     """Raise ``ValueError`` (one line, naming the option) for IG options that cannot run."""

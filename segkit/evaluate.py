@@ -227,6 +227,13 @@ def problem_list(cfg: EvalConfig) -> list[dict]:
     return problems
 
 
+class EngineError(RuntimeError):
+    """``segkit evaluate`` in the vLLM environment failed (its own one-line message is printed above)."""
+
+
+ERRORS = (EngineError,)  # printed as one line by segkit.cli
+
+
 def _run_in_vllm_env(cfg: EvalConfig) -> str:
     """``segkit evaluate`` with the same options in the environment that has vLLM (``make vllm``); same records."""
     import subprocess
@@ -237,7 +244,7 @@ def _run_in_vllm_env(cfg: EvalConfig) -> str:
     log.info("vLLM is not installed here: running %s", " ".join(cmd))
     done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
     if done.returncode != 0:
-        raise RuntimeError(f"{cmd[0]} evaluate failed (exit {done.returncode}); its messages are above")
+        raise EngineError(f"{cmd[0]} evaluate failed (exit {done.returncode}); its message is above")
     return done.stdout.strip().splitlines()[-1] if done.stdout.strip() else "done"
 
 

@@ -5,7 +5,7 @@ import threading
 import pytest
 
 from segkit.evaluate import EvalConfig, evaluate_samples, extract_answer, grade, pass_at_k, read_benchmark, run_evaluate
-from segkit.generation import HFEngine
+from segkit.generation import HFEngine, vllm_segkit
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -225,10 +225,32 @@ def test_engine_errors_are_one_line(capsys):
     assert "invalid choice: 'tgi' (choose from 'hf', 'vllm')" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown engine 'tgi'"):
         EvalConfig(model="m", data=["d.jsonl"], engine="tgi")
-    if importlib.util.find_spec("vllm") is None:
+    if importlib.util.find_spec("vllm") is None and vllm_segkit() is None:
         assert main(["evaluate", "--model", "m", "--data", "d.jsonl", "--engine", "vllm"]) == 2
         err = capsys.readouterr().err
         assert "vLLM is not installed in this environment" in err and "make vllm" in err and err.count("\n") == 1
+
+
+def test_vllm_runs_in_its_own_environment(tmp_path, monkeypatch, capfd):
+    """Without vLLM here, ``--engine vllm`` reruns ``segkit evaluate`` with the same options in the environment
+    that has it (``.venv-vllm`` or $SEGKIT_VLLM_SEGKIT); a failure there is one line here."""
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here: nothing to delegate")
+    from segkit.cli import main
+
+    bench = tmp_path / "b.jsonl"
+    bench.write_text(json.dumps({"problem": "x?", "answer": "1"}) + "\n")
+    fake = tmp_path / "segkit-in-vllm-env"  # records the options it was given, and fails as segkit would
+    fake.write_text("#!/bin/sh\necho \"$@\" > " + str(tmp_path / "argv") + "\necho 'segkit evaluate: error: x' >&2\n"
+                    "exit 2\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("SEGKIT_VLLM_SEGKIT", str(fake))
+    out = tmp_path / "o.jsonl"
+    assert main(["evaluate", "--model", "m", "--data", str(bench), "--engine", "vllm", "--n", "3",
+                 "--out", str(out)]) == 2
+    argv = (tmp_path / "argv").read_text().split()
+    assert argv[:1] == ["evaluate"] and argv[argv.index("--n") + 1] == "3" and "vllm" in argv
+    assert capfd.readouterr().err.count("segkit evaluate: error:") == 2  # the other env's line, then ours
 
 
 def test_out_must_not_be_a_benchmark_it_reads(tmp_path):

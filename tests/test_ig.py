@@ -1,6 +1,5 @@
 """The IG core on its own (segkit.ig): quadrature rules against captum and against exact integrals, IG against a
-closed form, and the doctests of the attribution modules."""
-import doctest
+closed form (their doctests run through `make test`'s --doctest-modules)."""
 import math
 
 import numpy as np
@@ -8,7 +7,7 @@ import pytest
 import torch
 
 from segkit import attribute as A
-from segkit import features, hardware, ig, prompt
+from segkit import ig
 
 FIXED = [m for m in A.IG_METHODS if m != "adaptive"]
 
@@ -112,14 +111,6 @@ def test_every_ig_method_is_known_to_the_core():
     for m in A.IG_METHODS:
         raw, _ = ig.integrated_gradients(path, 0.0, f1, m, 4)
         assert raw.shape == (5,)
-
-
-@pytest.mark.parametrize("module", [prompt, ig, hardware, features, A], ids=lambda m: m.__name__)
-def test_doctests(module):
-    """Runs until the suite collects ``--doctest-modules`` for segkit/ itself."""
-    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
-    assert result.failed == 0
-    assert module is A or result.attempted > 0
 
 
 def test_cubic_closed_form_is_right():

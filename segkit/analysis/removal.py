@@ -20,7 +20,8 @@ def answer_log_prob(model, tokenizer, question: str, segments: Sequence[str], an
     """F, the IG target: summed log-probability of the answer tokens after ``prompt + "".join(segments)``."""
     import torch
 
-    from ..attribute import AnswerLogProb, assemble
+    from ..ig import AnswerLogProb
+    from ..prompt import assemble
 
     a = assemble(tokenizer, question, segments, answer, answer_template)
     ids = a.input_ids.to(model.device)
