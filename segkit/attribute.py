@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from numbers import Integral, Real
 
 from . import prompt as P
@@ -160,6 +160,9 @@ def selection_agreement(a: dict, b: dict, tau: float = TAU, beta: float = BETA) 
     return len(sa & sb) / len(sa | sb) if sa | sb else 1.0
 
 
+# options that do not change what a record holds (IG is batch-size invariant; tests/test_attribute.py)
+NOT_RESULT_OPTIONS = ("input", "out", "on_error", "unique_ids", "overwrite", "threads", "batch_size", "device")
+
 _INPUT, _OUT, _ON_ERROR, _UNIQUE_IDS = stage_options("JSON Lines with question, answer, segments",
                                                     "output JSON Lines (appended; resumable)")
 
@@ -248,11 +251,16 @@ def run_attribute(cfg: AttributeConfig) -> str:
     every record of ``cfg.input`` not yet in ``cfg.out``; returns a one-line summary."""
     from .hardware import set_cpu_threads
     from .models import load_model, pad_token_id
-    from .records import run_stage
+    from .records import check_resume, run_stage
 
+    # what determines the records: a resume with other settings would mix two kinds in one file
+    options = {k: v for k, v in asdict(cfg).items() if k not in NOT_RESULT_OPTIONS}
+    if not cfg.overwrite:
+        check_resume(cfg.out, options)  # before the model loads
     model, tok = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     set_cpu_threads(model, cfg.threads)
     opts = attribute_options(cfg, pad_token_id(tok, cfg.pad_token or None))
     res = run_stage(lambda r: attribute_record(model, tok, r, **opts), cfg.input, cfg.out, desc="attribute",
-                    required=RECORD_FIELDS, on_error=cfg.on_error, overwrite=cfg.overwrite, dedupe_ids=cfg.unique_ids)
+                    required=RECORD_FIELDS, on_error=cfg.on_error, overwrite=cfg.overwrite, dedupe_ids=cfg.unique_ids,
+                    options=options)
     return f"{res.done} attributed, {res.resumed} already done, {len(res.skipped)} skipped -> {cfg.out}"

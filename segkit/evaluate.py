@@ -26,7 +26,7 @@ from typing import Iterable
 from .generation import ENGINES, check_engine, load_engine, vllm_here, vllm_segkit
 from .prompt import ANSWER_TEMPLATE, assemble
 from .records import (RecordError, atomic_write, check_output, finished_ids, load, owner, rank_world, read_jsonl,
-                      run_stage, shard_path)
+                      run_stage, shard_path, write_json, check_resume)
 
 log = logging.getLogger("segkit")
 
@@ -227,6 +227,11 @@ def problem_list(cfg: EvalConfig) -> list[dict]:
     return problems
 
 
+# options that do not change a problem's record (data and limit choose which problems; each is keyed by id)
+NOT_RESULT_OPTIONS = ("data", "limit", "out", "overwrite", "batch_size", "device", "tensor_parallel_size",
+                      "gpu_memory_utilization")
+
+
 class EngineError(RuntimeError):
     """``segkit evaluate`` in the vLLM environment failed (its own one-line message is printed above)."""
 
@@ -254,6 +259,8 @@ def run_evaluate(cfg: EvalConfig) -> str:
     if not cfg.model or not cfg.data:
         raise ValueError("need a model and at least one benchmark: pass --model M --data FILE [FILE ...]")
     out = check_output(cfg.out, *cfg.data)
+    for derived in (out.with_name(out.stem + ".problems.jsonl"), out.with_suffix(".summary.json")):
+        check_output(derived, *cfg.data)  # written next to OUT: never a benchmark either
     if cfg.engine == "vllm" and not vllm_here():  # vLLM pins its own transformers: it lives in .venv-vllm
         return _run_in_vllm_env(cfg)
     problems = problem_list(cfg)
@@ -262,6 +269,9 @@ def run_evaluate(cfg: EvalConfig) -> str:
     if not src.exists() or src.read_text(encoding="utf-8") != text:  # every rank writes the same bytes
         with atomic_write(src) as f:
             f.write(text)
+    options = {k: v for k, v in asdict(cfg).items() if k not in NOT_RESULT_OPTIONS}
+    if not cfg.overwrite:
+        check_resume(out, options)  # before the model loads
     sample = batched_sampler(cfg, out, problems)
 
     def evaluate_problem(p: dict) -> dict:
@@ -272,7 +282,7 @@ def run_evaluate(cfg: EvalConfig) -> str:
                 "n_tokens": [s["n_tokens"] for s in samples]}
 
     res = run_stage(evaluate_problem, src, out, required=("question", "gold"), overwrite=cfg.overwrite,
-                    desc="evaluate")
+                    options=options, desc="evaluate")
     wanted = [p["id"] for p in problems]
     have = set(finished_ids(out)) if out.exists() else set()
     if not have.issuperset(wanted):  # another rank merges once every shard is complete
@@ -282,7 +292,7 @@ def run_evaluate(cfg: EvalConfig) -> str:
     table = evaluate_samples(r for r in load(out) if r["id"] in set(wanted))
     summary = out.with_suffix(".summary.json")
     report = {"config": asdict(cfg), "datasets": table, "timing": sample.timing}
-    summary.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_json(report, summary)
     return f"{_summary_line(table)} -> {summary}"
 
 

@@ -97,10 +97,12 @@ def fit(cfg: TrainConfig) -> str:
     import torch
     from transformers import DataCollatorForSeq2Seq, Trainer, set_seed
 
-    from .records import check_output
+    from .records import check_output, write_json
 
     source = init_folder(cfg.init)
     out = check_output(cfg.out, *([source] if source else []), folder=True)
+    if int(os.environ.get("RANK", 0)) == 0:  # a summary marks a finished model: none beside half-written weights
+        (out / "train_summary.json").unlink(missing_ok=True)
     if os.environ.get("FSDP_ACTIVATION_CHECKPOINTING", "false").lower() == "true":
         raise ValueError("the accelerate config sets fsdp_activation_checkpointing; segkit train sets it with "
                          "--gradient-checkpointing: remove it from the config and pass the option")
@@ -138,7 +140,7 @@ def fit(cfg: TrainConfig) -> str:
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(out))
         summary["world_size"] = args.world_size
-        (out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_json(summary, out / "train_summary.json")
     return (f"{cfg.mode}: {len(examples)} examples ({stats['n_skipped']} skipped, {stats['n_truncated']} cut to "
             f"{stats['max_length']} tokens), {summary['trained_token_fraction']:.0%} of trace tokens trained, "
             f"loss {summary['train_loss']:.3f} -> {out}")

@@ -301,7 +301,7 @@ def attributor_quality(cfg: PipelineConfig, model: str | None = None) -> dict:
     first ``n_attribute`` (empty when it has no more). Cached in ``workdir``."""
     from .evaluate import answer_after_trace
     from .models import load_model
-    from .records import load
+    from .records import load, write_json
 
     model = str(model or attributor(cfg))
     if cfg.train_data:  # the traces after those attributed (none when every trace is)
@@ -320,7 +320,7 @@ def attributor_quality(cfg: PipelineConfig, model: str | None = None) -> dict:
         _threads(cfg)
         m, tok = load_model(model, device=cfg.device, dtype="float32")
         share = sum(answer_after_trace(m, tok, held_out)) / len(held_out)
-        cache.write_text(json.dumps({"n_problems": len(held_out), "answer_after_gold_trace": share}) + "\n")
+        write_json({"n_problems": len(held_out), "answer_after_gold_trace": share}, cache)
     return json.loads(cache.read_text())
 
 

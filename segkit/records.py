@@ -67,7 +67,8 @@ def check_output(out, *reads, folder: bool = False) -> Path:
     """``out`` as a Path, or OutputError (one line) if writing it could destroy input or cannot make a file.
 
     OUT must be a regular file or a new path (``folder=True``: a folder or a new path), must not be any of
-    ``reads`` (the same file through any path or link), nor lie inside, be or contain a folder among ``reads``."""
+    ``reads`` (the same file through any path or link), nor lie inside a folder among ``reads``, nor (a folder)
+    hold any of them."""
     out = Path(out)
     if not str(out):
         raise OutputError("no output path given")
@@ -86,9 +87,10 @@ def check_output(out, *reads, folder: bool = False) -> Path:
         same = os.path.samefile(out, r) if out.exists() and r.exists() else target == r.resolve()
         if same:
             raise OutputError(f"{out}: is the input {r}; choose another output path")
-        if folder and r.is_dir() and (r.resolve() in target.parents or target in r.resolve().parents):
-            raise OutputError(f"{out}: lies {'inside' if r.resolve() in target.parents else 'around'} the input "
-                              f"folder {r}; choose an output folder apart from it")
+        if folder and r.is_dir() and r.resolve() in target.parents:
+            raise OutputError(f"{out}: lies inside the input folder {r}; choose an output folder apart from it")
+        if folder and target in r.resolve().parents:  # an input file or folder inside the output folder
+            raise OutputError(f"{out}: holds the input {r}; choose an output folder apart from it")
     return out
 
 
@@ -113,6 +115,13 @@ def dump(records: Iterable[dict], path) -> Path:
     with atomic_write(path) as f:
         for r in records:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    return Path(path)
+
+
+def write_json(obj, path) -> Path:
+    """Write one JSON document atomically: a summary whose presence marks a finished step is never half written."""
+    with atomic_write(path) as f:
+        f.write(json.dumps(obj, indent=2) + "\n")
     return Path(path)
 
 
@@ -197,13 +206,13 @@ def finished_ids(path) -> list[str]:
     ids, good_bytes = [], 0
     with path.open("rb") as f:
         for n, raw in enumerate(f, 1):
+            if not raw.endswith(b"\n"):  # the write of the last record was cut, even if what is left parses:
+                break                     # an append after it would glue two records on one line
             try:
                 ids.append(str(json.loads(raw)["id"]))
-            except (ValueError, KeyError, TypeError):
-                if raw.endswith(b"\n"):  # a bad line in the middle is not ours to delete
-                    raise RecordError(path, n, "output file holds a line that is not a record; "
-                                      "move it away or pass --overwrite") from None
-                break
+            except (ValueError, KeyError, TypeError):  # a bad line in the middle is not ours to delete
+                raise RecordError(path, n, "output file holds a line that is not a record; "
+                                  "move it away or pass --overwrite") from None
             good_bytes += len(raw)
     if good_bytes < path.stat().st_size:
         log.warning("%s: dropping an incomplete last line left by an interrupted run", path)
@@ -251,9 +260,27 @@ def _marker_path(shard: Path) -> Path:
     return shard.with_name(shard.name + ".skipped")
 
 
+def _options_path(out: Path) -> Path:
+    return out.with_name(out.name + ".options.json")
+
+
+def check_resume(out, options: dict | None) -> None:
+    """OutputError (one line) when ``out`` holds records made with other ``options`` than these: resuming would mix
+    them into one file. ``OUT.options.json`` records the options of the run that wrote OUT."""
+    out, path = Path(out), _options_path(Path(out))
+    if options is None or not path.exists() or not (out.exists() or list(out.parent.glob(f"{out.stem}.rank*"))):
+        return
+    had, wanted = json.loads(path.read_text()), json.loads(json.dumps(options, default=str))
+    changed = sorted(k for k in set(had) | set(wanted) if had.get(k) != wanted.get(k))
+    if changed:
+        raise OutputError(f"{out}: holds records made with other options ({', '.join(changed)}); resuming would "
+                          "mix them: pass --overwrite or another output path")
+
+
 def run_stage(fn: Callable[[dict], dict], src, out, *, required=("question", "solution", "answer"),
               on_error: str = "stop", overwrite: bool = False, progress: bool = True, desc: str = "",
-              world: tuple[int, int] | None = None, dedupe_ids: str = "stop") -> StageResult:
+              world: tuple[int, int] | None = None, dedupe_ids: str = "stop",
+              options: dict | None = None) -> StageResult:
     """Apply ``fn`` to every record of ``src`` and append the results to ``out``.
 
     Refuses (OutputError) an ``out`` that is ``src`` or not a regular file. Records whose id is already in ``out``
@@ -268,12 +295,19 @@ def run_stage(fn: Callable[[dict], dict], src, out, *, required=("question", "so
     rank that finds every shard complete merges them into ``out`` in input order (one atomic rename). A rank that
     died is simply relaunched: it skips what its shard already holds. With ``overwrite`` each rank empties only
     its own shard, and only shards finished in this launch are merged.
+
+    ``options`` (what determines the records, e.g. the model and IG settings) are saved beside OUT; a resume with
+    other options is refused (``check_resume``) instead of mixing records of two settings in one file.
     """
     rank, n_ranks = world or rank_world()
     src, out = Path(src), check_output(out, src)
     if not src.exists():
         raise FileNotFoundError(f"{src}: no such file")
     out.parent.mkdir(parents=True, exist_ok=True)
+    if options is not None and not (overwrite and n_ranks == 1):  # a single-rank overwrite saves them at the end
+        if not overwrite:
+            check_resume(out, options)
+        write_json(json.loads(json.dumps(options, default=str)), _options_path(out))
     args = dict(fn=fn, src=src, required=required, on_error=on_error, progress=progress, dedupe_ids=dedupe_ids)
     if n_ranks == 1:
         if overwrite:
@@ -281,6 +315,8 @@ def run_stage(fn: Callable[[dict], dict], src, out, *, required=("question", "so
             with atomic_write(out) as f:
                 result = _run(f, set(), lambda rec: True, desc=desc or fn.__name__, **args)
             PROGRESS.rewriting = False
+            if options is not None:
+                write_json(json.loads(json.dumps(options, default=str)), _options_path(out))
             return result
         done = set(finished_ids(out))
         with out.open("a", encoding="utf-8") as f:

@@ -44,6 +44,9 @@ PACKAGES = ("segkit", "torch", "transformers", "peft", "numpy", "pandas", "matpl
             "papermill", "nbconvert", "nbformat")
 
 
+WORKDIR_MARK = ".segkit-workdir"  # in every work folder the runner makes: --fresh deletes no folder without it
+
+
 @dataclass
 class ReportConfig:
     params: str = field(default=str(DEFAULT_PARAMS), metadata={
@@ -261,8 +264,13 @@ def run_report(cfg: ReportConfig) -> str:
     if unknown:
         raise ValueError(f"--only: no runs named {sorted(unknown)}; the runs are {[r.name for r in runs]}")
     out_dir = Path(out).resolve()
-    if cfg.fresh:
-        shutil.rmtree(workdir, ignore_errors=True)
+    if cfg.fresh and workdir.exists():
+        # only a folder this runner made is deleted: never one that holds the parameter file, the notebooks or data
+        check_output(workdir, params_path, notebooks, folder=True)
+        if not (workdir / WORKDIR_MARK).exists():
+            raise ValueError(f"--fresh: {workdir} was not made by segkit report (no {WORKDIR_MARK} inside); "
+                             "delete it yourself if it should go")
+        shutil.rmtree(workdir)
         for r in runs:
             for suffix in (".ipynb", ".html"):
                 (out_dir / f"{r.name}{suffix}").unlink(missing_ok=True)
@@ -296,6 +304,7 @@ def run_report(cfg: ReportConfig) -> str:
         reusable = False
         try:
             workdir.mkdir(parents=True, exist_ok=True)
+            (workdir / WORKDIR_MARK).touch()
             row.update(status="ok", seconds=execute(run, out_dir, cfg, fp))
         except ReportError as e:
             row.update(status="failed", seconds=0.0)

@@ -493,3 +493,30 @@ def test_build_parser_fails_loudly_on_a_broken_stage(monkeypatch):
     monkeypatch.setitem(cli.COMMANDS, "broken", ("segkit.no_such_module", "Config", "run", "a stage"))
     with pytest.raises(ImportError):
         cli.build_parser("broken")
+
+
+def test_a_last_record_without_its_newline_is_cut_not_glued(tmp_path):
+    """A final line that parses but lost its newline (a write cut short) is dropped: appending after it would glue
+    two records onto one line."""
+    out = tmp_path / "out.jsonl"
+    out.write_text('{"id": "a"}\n{"id": "b"}')
+    assert finished_ids(out) == ["a"]
+    assert out.read_text() == '{"id": "a"}\n'
+
+
+def test_a_resume_with_other_options_is_refused(tmp_path):
+    """Records made with one set of options are not silently extended by a run with others (another model, other
+    IG settings): OUT.options.json says what made OUT, and a mismatch is a one-line error; --overwrite starts over."""
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"id": f"r{i}", "question": "q", "solution": "s", "answer": "1"}) + "\n"
+                           for i in range(3)))
+    out = tmp_path / "out.jsonl"
+    run_stage(lambda r: r, src, out, progress=False, options={"model": "A", "steps": 15})
+    before = out.read_bytes()
+    with pytest.raises(OutputError, match=r"other options \(model\)"):
+        run_stage(lambda r: r, src, out, progress=False, options={"model": "B", "steps": 15})
+    assert out.read_bytes() == before
+    assert run_stage(lambda r: r, src, out, progress=False, options={"model": "A", "steps": 15}).resumed == 3
+    run_stage(lambda r: {**r, "by": "B"}, src, out, progress=False, overwrite=True, options={"model": "B", "steps": 15})
+    assert all(r["by"] == "B" for r in load(out))
+    assert run_stage(lambda r: r, src, out, progress=False, options={"model": "B", "steps": 15}).resumed == 3

@@ -248,3 +248,29 @@ def test_a_data_file_changed_in_place_executes_the_notebook_again(project):
     assert "1 reused" in run_report(project["cfg"]()) and executions(project) == 1
     data.write_text('{"question": "q", "solution": "s", "answer": "2"}\n')  # same path, new content
     assert "1 notebooks run" in run_report(project["cfg"]()) and executions(project) == 2
+
+
+def test_fresh_deletes_only_a_work_folder_the_runner_made(project, tmp_path):
+    """``--fresh`` removes WORKDIR/<params stem> only when the runner made it (its mark is inside): a user's folder
+    of the same name, or one holding the parameter file, is left alone with a one-line error."""
+    from segkit.records import OutputError
+
+    mine = tmp_path / "runs" / "params"
+    mine.mkdir(parents=True)
+    (mine / "keep.txt").write_text("a user's file")
+    with pytest.raises(ValueError, match="was not made by segkit report"):
+        run_report(project["cfg"](fresh=True))
+    assert (mine / "keep.txt").read_text() == "a user's file"
+    inside = tmp_path / "exp" / "exp.yaml"  # WORKDIR/<stem> would be the folder that holds the parameter file
+    inside.parent.mkdir()
+    inside.write_text(project["params"].read_text())
+    (inside.parent / ".segkit-workdir").touch()
+    with pytest.raises(OutputError):
+        run_report(ReportConfig(params=str(inside), out=str(tmp_path / "reports"), workdir=str(tmp_path),
+                                notebooks=str(project["dir"] / "notebooks"), fresh=True))
+    assert inside.exists()
+    (mine / "keep.txt").unlink()
+    mine.rmdir()
+    run_report(project["cfg"]())  # the runner's own folder carries the mark, so --fresh may start it over
+    run_report(project["cfg"](fresh=True))
+    assert executions(project) == 2
