@@ -22,7 +22,6 @@ import dataclasses
 import importlib
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,16 +102,6 @@ def _stem(model: str) -> str:
     return Path(model).name if Path(model).exists() else model.replace("/", "_")
 
 
-def _rewrite(run, out: Path, **kw) -> Path:
-    """Run a stage that rewrites its output (segment, select) into a temporary file renamed into place when it
-    finished, so an interrupted run never leaves a file the cache would take as done."""
-    tmp = out.with_name(f"{out.stem}.part{out.suffix}")
-    tmp.unlink(missing_ok=True)
-    run(out=str(tmp), **kw)
-    os.replace(tmp, out)
-    return out
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # the sources
 
@@ -132,8 +121,8 @@ def build_testbed(cfg: PipelineConfig) -> dict[str, Path]:
     for split, n in (("train", cfg.n_train), ("test", cfg.n_test)):
         if not paths[split].exists():
             log.info("synth %s: %d problems", split, n)
-            _rewrite(lambda **kw: run_synth(SynthConfig(n=n, seed=cfg.seed, split=split, **cfg.synth, **kw)),
-                     paths[split])
+            # synth, segment and select write OUT atomically: an interrupted run leaves no file the cache takes as done
+            run_synth(SynthConfig(out=str(paths[split]), n=n, seed=cfg.seed, split=split, **cfg.synth))
     return paths
 
 
@@ -186,7 +175,7 @@ def segmented_traces(cfg: PipelineConfig) -> Path:
     if not out.exists():
         root.mkdir(parents=True, exist_ok=True)
         dump(load(data)[:cfg.n_attribute or None], root / "input.jsonl")
-        _rewrite(lambda **kw: run_segment(SegmentConfig(input=str(root / "input.jsonl"), **kw)), out)
+        run_segment(SegmentConfig(input=str(root / "input.jsonl"), out=str(out)))
     return out
 
 
@@ -214,7 +203,7 @@ def select_traces(cfg: PipelineConfig, attributed: Path | None = None) -> Path:
     out = attributed.with_name(f"{attributed.stem}-selected-tau{cfg.tau}-beta{cfg.beta}-"
                                f"{key(code=code_hash('segkit.score'))}.jsonl")
     if not out.exists():
-        _rewrite(lambda **kw: run_select(SelectConfig(input=str(attributed), tau=cfg.tau, beta=cfg.beta, **kw)), out)
+        run_select(SelectConfig(input=str(attributed), out=str(out), tau=cfg.tau, beta=cfg.beta))
     return out
 
 
