@@ -131,20 +131,18 @@ def data_to_make(spec: dict) -> dict[Path, dict]:
 
 def make_data(spec: dict) -> list[Path]:
     """Write the ``make_data`` files that are missing (``segkit synth`` options per file); returns those written."""
-    from .records import dump, load
-    from .synth import SynthConfig, run_synth
+    from .records import dump
+    from .synth import SynthConfig, make_records
 
     written = []
     for path, opts in data_to_make(spec).items():
         if path.exists():
             continue
         roles = opts.pop("roles", False)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.stem}.part{path.suffix}")
-        run_synth(SynthConfig(out=str(tmp), **opts))
+        records = make_records(SynthConfig(out=str(path), **opts))
         if not roles:  # as a user's data file: LIMO's fields, no planted roles
-            dump([{k: v for k, v in r.items() if k != "segment_roles"} for r in load(tmp)], tmp)
-        os.replace(tmp, path)
+            records = [{k: v for k, v in r.items() if k != "segment_roles"} for r in records]
+        dump(records, path)  # atomic: a half-written file is never taken for the user's data
         written.append(path)
     return written
 
