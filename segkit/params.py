@@ -20,6 +20,9 @@ import yaml
 
 # injected into every notebook that declares them, so that all runs of one parameter file share one work folder
 WORKDIR_PARAMS = {"workdir": "", "choice_file": "tau_beta.json"}
+# injected likewise, with the report's output folder: where a notebook writes its headline numbers (the runner stamps
+# them with the run's name, time and versions, and index.html shows them); "{name}" is the run's name
+OUTPUT_PARAMS = {"headline_file": "{name}.json"}
 # sources given as paths: made relative to the notebook's folder (the kernel's working folder) when they exist
 PATH_PARAMS = ("train_data", "benchmarks", "base_model", "attributor")
 
@@ -64,10 +67,11 @@ def _relative_paths(params: dict, folder: Path) -> dict:
     return out
 
 
-def load_params(path, notebooks, workdir: Path | None = None) -> tuple[dict, list[Run]]:
+def load_params(path, notebooks, workdir: Path | None = None, out: Path | None = None) -> tuple[dict, list[Run]]:
     """``(the YAML as read, the runs in order)``; each run's parameters are PipelineConfig's defaults, then the
     shared ones, then its own (which must all be declared: a typo fails here, not in the notebook), then the work
-    folder; each run takes the names its notebook declares."""
+    folder and (given ``out``, the report's output folder) ``OUT/<run name>.json`` as ``headline_file``; each run
+    takes the names its notebook declares."""
     import papermill
 
     path = Path(path)
@@ -98,6 +102,9 @@ def load_params(path, notebooks, workdir: Path | None = None) -> tuple[dict, lis
         for key, rel in WORKDIR_PARAMS.items():
             if key in declared and key not in own:  # relative to the kernel's folder: no machine paths in reports
                 params[key] = os.path.relpath(workdir / rel if rel else workdir, nb.parent.resolve())
+        for key, rel in OUTPUT_PARAMS.items():
+            if out is not None and key in declared and key not in own:
+                params[key] = os.path.relpath(Path(out).resolve() / rel.format(name=name), nb.parent.resolve())
         runs.append(Run(name, nb, item.get("title", name), params, given))
     return spec, runs
 
@@ -204,7 +211,12 @@ def estimate(cfg, made: dict[Path, dict], trains: bool = True) -> list[str]:
         return lines
     roles = data is None or (made[data]["roles"] if data in made else not data.exists() or has_planted_roles(data))
     modes = [m for m in cfg.modes if m != "oracle" or roles]  # oracle needs planted roles (skipped on real data)
-    n_models = len(modes) * len(cfg.seeds)
+    n_bases = 1 if cfg.base_model else len(cfg.base_seeds)  # the testbed trains one base model per base seed
+    if not cfg.base_model:
+        base_epochs = (_defaults(TrainConfig) | cfg.base_train)["epochs"]
+        lines.append(f"base models: {n_bases} x {cfg.n_base} traces ({cfg.base_synth}) x {base_epochs} epochs, "
+                     f"from scratch")
+    n_models = len(modes) * len(cfg.seeds) * n_bases
     total = f" = ~{n_models * n_traces * per_trace * tr['epochs']:,.0f} tokens" if per_trace else ""
     lines.append(f"training: {n_models} models x {n_traces} traces x {tokens} tokens x {tr['epochs']} epochs{total} "
                  f"(max length {tr['max_length'] or 'auto'})")
@@ -217,7 +229,7 @@ def estimate(cfg, made: dict[Path, dict], trains: bool = True) -> list[str]:
             missing.append(f"{b.stem}: ? problems x {cfg.samples.get(b.stem, ev['n'])} x {ev['max_new_tokens']}")
     if not cfg.benchmarks:
         per_model = min(cfg.n_test, cfg.n_eval or cfg.n_test) * ev["n"] * ev["max_new_tokens"]
-    lines.append(f"generation: {n_models + 1} models x " + " + ".join(
+    lines.append(f"generation: {n_models + n_bases} models x " + " + ".join(
         ([f"<= {per_model:,} tokens"] if per_model else []) + [f"({m})" for m in missing])
                  + f", engine {ev.get('engine', 'hf')}")
     return lines

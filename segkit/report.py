@@ -5,7 +5,9 @@ The parameter file (YAML, default ``notebooks/params/default.yaml``) has ``param
 ``parameters`` on top; a notebook may run more than once under different names (01 with the testbed attributor
 and again with SmolLM2); ``make_data`` names stand-in data files to write first (``segkit.params``). For every
 run, ``OUT/NAME.ipynb`` (executed) and ``OUT/NAME.html`` are written, and ``OUT/index.html`` links them with the
-parameters, package versions and run times.
+parameters, package versions and run times. A notebook that declares ``headline_file`` gets ``OUT/NAME.json``
+there and writes its headline numbers to it; the runner adds the run's name, title, parameter file, seconds and
+versions, and index.html shows them in tables above the notebooks (``headline_html``).
 
 The pipeline's steps cache their outputs in ``WORKDIR/<parameter file stem>``, keyed on their options, inputs
 and code; on top of that a run whose notebook, parameters, upstream runs and segkit code are unchanged since its
@@ -21,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import html
 import json
+import math
 import platform
 import re
 import shutil
@@ -166,6 +169,31 @@ def execute(run: Run, out_dir: Path, cfg: ReportConfig, fp: str) -> float:
     return seconds
 
 
+def headline_path(run: Run) -> Path | None:
+    """Where ``run``'s notebook writes its headline numbers (its ``headline_file``, relative to the notebook's
+    folder), or None when it declares none."""
+    value = run.parameters.get("headline_file")
+    return run.notebook.parent / value if isinstance(value, str) and value else None
+
+
+def stamp_headline(path: Path, run: Run, params_path: Path, seconds: float) -> bool:
+    """Add ``run``, ``title``, ``params`` (the parameter file's name), ``seconds`` and ``versions`` to the headline
+    JSON a notebook wrote at ``path`` (atomically); False, with a warning, when it is not a JSON object."""
+    from .outputs import write_json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+    except (OSError, ValueError) as e:
+        print(f"warning: {run.name}: headline file {_shown(path)} left as it is: {e}", file=sys.stderr)
+        return False
+    data.update(run=run.name, title=run.title, params=params_path.name, seconds=round(seconds, 1),
+                versions=versions())
+    write_json(data, path)
+    return True
+
+
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for p in PACKAGES:
@@ -195,8 +223,105 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
+def _num(x, digits: int, sign: bool = False) -> str:
+    """``x`` with ``digits`` decimals (``sign``: always signed); an en dash for a missing or non-numeric value."""
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return "\u2013"
+    return "\u2013" if math.isnan(x) else f"{x:{'+' if sign else ''}.{digits}f}"
+
+
+def _with_ci(value, low, high, digits: int, sign: bool = False) -> str:
+    """``value [low, high]``; just ``value`` when the interval is absent."""
+    text = _num(value, digits, sign)
+    return text if low is None and high is None else f"{text} [{_num(low, digits, sign)}, {_num(high, digits, sign)}]"
+
+
+def _table(head: list[str], body: list[list]) -> str:
+    esc = html.escape
+    return ("<table><tr>" + "".join(f"<th>{esc(str(h))}</th>" for h in head) + "</tr>"
+            + "".join("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in row) + "</tr>" for row in body)
+            + "</table>")
+
+
+DIGITS = {"accuracy": 3, "mean_length": 1, "trained_token_fraction": 3}  # how many decimals each metric shows
+
+
+def headline_html(data: dict) -> str:
+    """HTML tables of one run's headline JSON: notebook 03's ``modes`` (accuracy and mean length with their 95%
+    intervals, trained token fraction), ``differences`` and ``verdict``; notebook 01's ``auc`` (score x variant,
+    role "all") and ``attributor_quality``. Raises KeyError/TypeError/ValueError on a malformed file.
+
+    >>> headline_html({"modes": [{"mode": "full", "accuracy": 0.5, "accuracy_ci_low": 0.4, "accuracy_ci_high": 0.6,
+    ...                           "mean_length": 812.34}]})   # doctest: +ELLIPSIS
+    '<table>...<tr><td>full</td><td>0.500 [0.400, 0.600]</td><td>812.3</td></tr></table>'
+    """
+    parts = []
+    if "modes" in data:
+        frac = any("trained_token_fraction" in m for m in data["modes"])
+        head = ["mode", "accuracy [95% CI]", "mean length [95% CI]"] + (["trained token fraction"] if frac else [])
+        body = [[m["mode"]] + [_with_ci(m[k], m.get(f"{k}_ci_low"), m.get(f"{k}_ci_high"), DIGITS[k])
+                               for k in ("accuracy", "mean_length")]
+                + ([_with_ci(m.get("trained_token_fraction"), m.get("trained_token_fraction_ci_low"),
+                             m.get("trained_token_fraction_ci_high"), 3)] if frac else [])
+                for m in data["modes"]]
+        parts.append(_table(head, body))
+        if data.get("differences"):
+            body = [[d["mode"], d["vs"], d["metric"],
+                     _with_ci(d["diff"], d.get("ci_low"), d.get("ci_high"), DIGITS.get(d["metric"], 3), sign=True)]
+                    for d in data["differences"]]
+            parts.append("<p>Paired differences (mode minus vs):</p>"
+                         + _table(["mode", "vs", "metric", "difference [95% CI]"], body))
+        if data.get("verdict"):
+            parts.append(f"<p class='verdict'>{html.escape(str(data['verdict']))}</p>")
+    if "auc" in data:
+        rows = [a for a in data["auc"] if a.get("role", "all") == "all"]
+        variants = list(dict.fromkeys(a["variant"] for a in rows))
+        cells = {(a["score"], a["variant"]): _with_ci(a["auc"], a.get("ci_low"), a.get("ci_high"), 3) for a in rows}
+        body = [[score] + [cells.get((score, v), "") for v in variants]
+                for score in dict.fromkeys(a["score"] for a in rows)]
+        parts.append("<p>ROC-AUC [95% CI] of each segment score against the planted useful roles:</p>"
+                     + _table(["score"] + variants, body))
+        quality = data.get("attributor_quality")
+        if isinstance(quality, dict) and quality:
+            parts.append("<p>Attributor quality: " + ", ".join(
+                f"{html.escape(str(k))} {html.escape(_num(v, 3) if isinstance(v, float) else str(v))}"
+                for k, v in quality.items()) + "</p>")
+    return "".join(parts)
+
+
+def _headlines(out_dir: Path, rows: list[dict]) -> str:
+    """The Headline section of index.html: each run's ``NAME.json`` in ``out_dir`` as tables; a run that declares
+    a headline file but has none, or a file that cannot be read, gets a one-line note instead."""
+    esc, parts = html.escape, []
+    for r in rows:
+        path = out_dir / f"{r['name']}.json"
+        if not path.exists():
+            if "headline_file" in r.get("parameters", {}):
+                parts.append(f"<p class='note'>{esc(r['title'])}: no headline numbers ({esc(path.name)} is "
+                             f"missing).</p>")
+            continue
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict):
+                raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+            tables = headline_html(data)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            parts.append(f"<p class='note'>{esc(r['title'])}: {esc(path.name)} skipped, it could not be read "
+                         f"({esc(type(e).__name__)}: {esc(str(e))}).</p>")
+            continue
+        if tables:
+            when = f", {_minutes(data['seconds'])}" if isinstance(data.get("seconds"), (int, float)) else ""
+            parts.append(f"<h3><a href='{esc(r['name'])}.html'>{esc(r['title'])}</a></h3><p class='note'>from "
+                         f"<a href='{esc(path.name)}'>{esc(path.name)}</a> ({esc(str(data.get('params', '')))}"
+                         f"{esc(when)})</p>{tables}")
+    return "<h2>Headline</h2>\n" + "\n".join(parts) + "\n" if parts else ""
+
+
 def write_index(out_dir: Path, params_path: Path, rows: list[dict], wall_seconds: float) -> Path:
-    """``index.html``: one line per run (status, time, links), then the parameter file and the versions."""
+    """``index.html``: the runs' headline numbers (``_headlines``), one line per run (status, time, links), then
+    the parameter file and the versions."""
     esc = html.escape
     lines = []
     for r in rows:
@@ -215,13 +340,14 @@ def write_index(out_dir: Path, params_path: Path, rows: list[dict], wall_seconds
 table {{border-collapse: collapse}} td, th {{border: 1px solid #ccc; padding: 4px 10px; text-align: left;
 vertical-align: top; white-space: nowrap}} details pre {{font-size: 11px; margin: 4px 0}}
 .ok {{color: #2a7d2a}} .reused {{color: #2a5d8d}} .failed, .not-run {{color: #b22}}
-pre {{background: #f6f6f6; padding: 10px; overflow-x: auto}}</style></head><body>
+pre {{background: #f6f6f6; padding: 10px; overflow-x: auto}} .note {{color: #666; font-size: 90%}}
+.verdict {{max-width: 900px}}</style></head><body>
 <h1>segkit report</h1>
 <p>Segment-level attribution for selective learning of long reasoning traces (Wang, Liu, Ren; ICLR 2026),
 reproduced with <code>segkit report</code>. Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.
 The notebooks took {_minutes(sum(r['seconds'] for r in rows))} (reused ones count the time of their run);
 this invocation took {_minutes(wall_seconds)}.</p>
-<h2>Notebooks</h2>
+{_headlines(out_dir, rows)}<h2>Notebooks</h2>
 <table><tr><th>run</th><th>notebook</th><th>status</th><th>time</th><th>files</th></tr>
 {''.join(lines)}</table>
 <h2>Parameters</h2><p>The parameter file <code>{esc(_shown(params_path))}</code> (each run's effective parameters
@@ -256,8 +382,8 @@ def run_report(cfg: ReportConfig) -> str:
     workdir = Path(cfg.workdir) / params_path.stem
     if cfg.check:
         return check_params(params_path, notebooks, workdir)
-    spec, runs = load_params(params_path, notebooks, workdir)
     out = cfg.out or report_folder(params_path)
+    spec, runs = load_params(params_path, notebooks, workdir, out=Path(out))
     # the executed notebooks must not land on the notebooks they are made from
     check_output(out, notebooks, *(r.notebook for r in runs), params_path, folder=True)
     unknown = set(cfg.only) - {r.name for r in runs}
@@ -272,7 +398,7 @@ def run_report(cfg: ReportConfig) -> str:
                              "delete it yourself if it should go")
         shutil.rmtree(workdir)
         for r in runs:
-            for suffix in (".ipynb", ".html"):
+            for suffix in (".ipynb", ".html", ".json"):
                 (out_dir / f"{r.name}{suffix}").unlink(missing_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     make_data(spec)
@@ -305,7 +431,12 @@ def run_report(cfg: ReportConfig) -> str:
         try:
             workdir.mkdir(parents=True, exist_ok=True)
             (workdir / WORKDIR_MARK).touch()
+            headline = headline_path(run)
+            if headline is not None and headline.resolve().parent == out_dir:
+                headline.unlink(missing_ok=True)  # a failed run must not leave an earlier run's numbers in place
             row.update(status="ok", seconds=execute(run, out_dir, cfg, fp))
+            if headline is not None and headline.exists():
+                stamp_headline(headline, run, params_path, row["seconds"])
         except ReportError as e:
             row.update(status="failed", seconds=0.0)
             error = e

@@ -7,8 +7,9 @@ takes the first step, then segments opened by the paper's reflection keywords, e
     core        a step whose value the answer needs          verify      re-derives and confirms a needed value
     correction  a wrong value, then the fix used later       repeat      restates values already found
     truncated   an exploration that breaks off               distractor  work on values the answer does not use
-    final       the last segment: states \\boxed{answer} (with ``restate_answer=False`` it concludes without the value,
-                so the answer must be read off the steps: copying it from the last segment is no longer possible)
+    final       the last segment: states \\boxed{answer} (with ``restate_answer=0`` it concludes without the value,
+                so the answer must be read off the steps: copying it from the last segment is no longer possible;
+                a share between 0 and 1 mixes both endings, drawn per trace)
 
 ``style="concise"`` writes only the useful path (first step, core/correction steps, final): no redundant segments, as
 a base model's short training traces; ``style="long"`` (the default) adds the redundant ones a reasoning model rambles.
@@ -16,7 +17,7 @@ a base model's short training traces; ``style="long"`` (the default) adds the re
 ``segment_roles`` lines up one-to-one with ``segkit.segment.segment(solution)``; useful segments are those whose
 role is in ``USEFUL``. Train and test problems are split by a hash of the question, so they never share a problem.
 
-    >>> records = make_records(SynthConfig(out="", n=4, chain_length=2, style="concise", restate_answer=False))
+    >>> records = make_records(SynthConfig(out="", n=4, chain_length=2, style="concise", restate_answer=0))
     >>> run_synth(SynthConfig(out="data/synth/train.jsonl", n=4000))
 """
 from __future__ import annotations
@@ -98,12 +99,16 @@ class SynthConfig:
     style: str = field(default="long", metadata={"choices": list(STYLES),
                                                  "help": "long: redundant segments between steps; concise: none "
                                                          "(the useful path only)"})
-    restate_answer: bool = field(default=True, metadata={
-        "help": "the final segment states the answer value and \\boxed{}; false: it concludes without the value"})
+    restate_answer: float = field(default=1.0, metadata={
+        "help": "share of traces whose final segment states the answer value and \\boxed{} (1: every trace; 0: "
+                "none, the final segment concludes without the value; between: drawn per trace)"})
 
     def __post_init__(self):  # checked when built, so `segkit synth` answers before any work
         if self.n < 1:
             raise ValueError(f"n must be at least 1, got {self.n}")
+        self.restate_answer = float(self.restate_answer)  # true/false (YAML, Python) are 1 and 0
+        if not 0 <= self.restate_answer <= 1:
+            raise ValueError(f"restate_answer must be a share in [0, 1], got {self.restate_answer}")
         if not 0 <= self.redundant < float("inf") or not 0 <= self.correction_rate <= 1:
             raise ValueError(f"redundant must be >= 0 and correction_rate in [0, 1], got {self.redundant}, "
                              f"{self.correction_rate}")
@@ -217,7 +222,9 @@ def make_trace(rng: random.Random, p: Problem, cfg: SynthConfig, mix: dict[str, 
         done.append(name)
     redundant(None)
     ans = p.variables[p.target].value
-    if cfg.restate_answer:
+    # drawn only for a share strictly between 0 and 1, so the all-or-none files keep the same random stream
+    restate = cfg.restate_answer >= 1 or (cfg.restate_answer > 0 and rng.random() < cfg.restate_answer)
+    if restate:
         segments.append(f"\n\nGoing back, {p.target} = {ans}. So, the final answer is \\boxed{{{ans}}}.")
     else:  # the same opener, no value: the answer string after the trace must take it from the steps
         segments.append(f"\n\nGoing back, that gives {p.target}, which is what was asked.")

@@ -291,3 +291,40 @@ def test_choose_on_signal_takes_a_cell_that_beats_the_default_everywhere():
     assert (choice["tau"], choice["beta"]) == (0.5, 0.8) and choice["reason"].endswith("chosen.")
     assert choice["confidence_gap"] == pytest.approx(2.0) and choice["ci_low"] == pytest.approx(2.0)
     assert choice["vs_default"] == pytest.approx(1.0)
+
+
+def test_resolution_compares_the_interval_width_with_the_papers_difference():
+    diffs = [{"metric": "accuracy", "ci_low": -0.05, "ci_high": 0.05}, {"metric": "accuracy", "ci_low": 0.0,
+                                                                       "ci_high": 0.02},
+             {"metric": "accuracy", "ci_low": -0.01, "ci_high": 0.01}, {"metric": "mean_length", "ci_low": -9,
+                                                                       "ci_high": 9}]
+    r = A.resolution(diffs)  # half-widths 0.05, 0.01, 0.01 -> median 0.01 < 0.021
+    assert r["half_width"] == pytest.approx(0.01) and r["resolvable"] and "would be resolved" in r["sentence"]
+    wide = A.resolution(diffs[:1])
+    assert wide["half_width"] == pytest.approx(0.05) and not wide["resolvable"] and "cannot" in wide["sentence"]
+    assert A.resolution(diffs, metric="pass@k")["half_width"] is None
+
+
+def test_per_problem_results_read_every_model_of_a_compare_modes_table(tmp_path):
+    import pandas as pd
+
+    from segkit.records import dump
+
+    files = {}
+    for name, correct, lengths in (("b0", [1, 0], [10, 20]), ("b1", [0, 0], [30, 40]), ("f0", [1, 1], [5, 6])):
+        files[name] = tmp_path / f"{name}.jsonl"
+        dump(eval_records(correct, lengths), files[name])
+    table = pd.DataFrame([
+        {"base_seed": 0, "mode": "base", "seed": None, "benchmark": "test", "file": str(files["b0"]),
+         "trained_token_fraction": 0.0},
+        {"base_seed": 1, "mode": "base", "seed": None, "benchmark": "test", "file": str(files["b1"]),
+         "trained_token_fraction": 0.0},
+        {"base_seed": 0, "mode": "full", "seed": 2, "benchmark": "test", "file": str(files["f0"]),
+         "trained_token_fraction": 1.0}])
+    rows = A.per_problem_results(table)
+    assert [(r["mode"], r["base_seed"], r["ft_seed"], r["problem"], r["accuracy"], r["mean_length"]) for r in rows] == [
+        ("base", 0, 0, "p0", 1.0, 10), ("base", 0, 0, "p1", 0.0, 20), ("base", 1, 0, "p0", 0.0, 30),
+        ("base", 1, 0, "p1", 0.0, 40), ("full", 0, 2, "p0", 1.0, 5), ("full", 0, 2, "p1", 1.0, 6)]
+    head = A.finetuning_headline(rows[:4], n_resamples=50, results=table)
+    assert head["modes"][0]["mode"] == "base" and head["modes"][0]["n_base_seeds"] == 2
+    assert head["modes"][0]["mean_length"] == 25.0 and head["modes"][0]["trained_token_fraction"] == 0.0

@@ -9,7 +9,8 @@ from segkit import cache
 from segkit import pipeline as P
 from segkit.records import load
 
-TINY = dict(n_train=24, n_test=4, n_attribute=4, base_train={"size": "tiny", "epochs": 1.0, "batch_size": 4},
+TINY = dict(n_train=8, n_test=4, n_attribute=4, n_base=16,
+            base_train={"size": "tiny", "epochs": 1.0, "batch_size": 4},
             attribute={"steps": 4, "method": "gausslegendre"}, train={"epochs": 1.0, "batch_size": 4},
             modes=["selective"], n_eval=2, generate={"max_new_tokens": 24, "batch_size": 4}, threads=1,
             device="cpu")
@@ -146,3 +147,47 @@ def test_the_real_data_path_takes_every_source_from_files(testbed_run, tmp_path,
     assert not P.has_planted_roles(P.select_traces(real))
     with pytest.raises(ValueError, match="base_model"):
         P.base_model(P.config_from({"workdir": "work", "train_data": "data/train.jsonl"}))
+
+
+@pytest.mark.slow
+def test_several_base_models_in_parallel_give_the_same_bytes_as_one_process(tmp_path):
+    """Two base models fine-tuned on the first one's selection; the runs spread over two `segkit` processes (the
+    attribution in two shares) write the same models, selections and evaluations, byte for byte, as one process
+    running them in turn."""
+    kw = dict(base_seeds=[0, 1], n_base=8)
+    one = tiny(tmp_path / "one", workers=1, **kw)
+    two = tiny(tmp_path / "two", workers=2, **kw)
+    table = P.compare_modes(one)
+    assert P.compare_modes(two)[["base_seed", "mode", "accuracy", "mean_length"]].equals(
+        table[["base_seed", "mode", "accuracy", "mean_length"]])
+    assert list(zip(table["base_seed"], table["mode"])) == [(0, "base"), (1, "base"), (0, "selective"),
+                                                            (1, "selective")]
+    bases = P.base_models(one)
+    assert len(set(bases.values())) == 2 and P.attributor(one) == bases[0]  # other seeds, other models
+    inits = {json.loads((Path(m) / "train_summary.json").read_text())["config"]["init"]
+             for m, mode in zip(table["model"], table["mode"]) if mode != "base"}
+    assert inits == set(bases.values())  # each base model fine-tuned
+    assert not list((tmp_path / "two").rglob("*.rank*"))  # the attribution's shares merged and gone
+    for f in sorted((tmp_path / "one").rglob("*")):
+        twin = tmp_path / "two" / f.relative_to(tmp_path / "one")
+        if f.suffix in (".safetensors",) or (f.suffix == ".jsonl" and "attributed" not in f.name):
+            assert twin.read_bytes() == f.read_bytes(), f
+        elif f.suffix == ".jsonl":  # attributions: equal but for the seconds they took
+            strip = lambda p: [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in load(p)]  # noqa: E731
+            assert strip(twin) == strip(f), f
+
+
+def test_base_traces_are_concise_and_new_problems(tmp_path):
+    cfg = tiny(tmp_path, n_base=30, base_synth={"style": "concise", "restate_answer": 0.5})
+    base, paths = load(P.base_traces(cfg)), P.build_testbed(cfg)
+    taken = {r["question"] for p in paths.values() for r in load(p)}
+    assert len(base) == 30 and not taken & {r["question"] for r in base}
+    assert not any(set(r["segment_roles"]) & {"repeat", "truncated", "distractor", "verify"} for r in base)
+    restated = sum("boxed" in r["solution"] for r in base)
+    assert 0 < restated < 30  # restate_answer 0.5: both endings
+    v = P.variant(P.config_from({**TINY, "workdir": str(tmp_path), "base_model": "scratch",
+                                 "variants": {"no restate": {"restate_answer": 0}}}), "no restate")
+    assert v.attributor == "scratch" and v.synth == {"restate_answer": 0}
+    assert not any("boxed" in r["solution"] for r in load(P.build_testbed(v)["train"]))
+    with pytest.raises(ValueError, match="no testbed variant"):
+        P.variant(cfg, "other")

@@ -1,6 +1,7 @@
 """The report runner on tiny notebooks (papermill, nbconvert, index.html, failure, reuse), and the shipped notebooks
 are clean: no outputs, exactly one `parameters` cell, and the default parameter file names only what they declare."""
 import dataclasses
+import json
 import shutil
 from pathlib import Path
 
@@ -14,7 +15,8 @@ from segkit.cli import main
 from segkit.params import CheckError
 from segkit.pipeline import PipelineConfig
 from segkit.records import OutputError
-from segkit.report import DEFAULT_PARAMS, NOTEBOOKS, ReportConfig, ReportError, load_params, run_report
+from segkit.report import (DEFAULT_PARAMS, NOTEBOOKS, ReportConfig, ReportError, load_params, run_report,
+                           write_index)
 
 SHIPPED = sorted(NOTEBOOKS.glob("*.ipynb"))
 
@@ -274,3 +276,131 @@ def test_fresh_deletes_only_a_work_folder_the_runner_made(project, tmp_path):
     run_report(project["cfg"]())  # the runner's own folder carries the mark, so --fresh may start it over
     run_report(project["cfg"](fresh=True))
     assert executions(project) == 2
+
+
+# a notebook writing its headline numbers where the runner says (as 03 does with segkit.analysis.finetuning_headline)
+HEADLINE = ('from segkit.records import write_json\n'
+            'write_json({"modes": [{"mode": "full", "accuracy": 0.5, "mean_length": 12.0}], "differences": [],\n'
+            '            "verdict": f"{greeting} says full"}, headline_file)')
+
+
+def headline_project(project):
+    nbs = project["dir"] / "notebooks"
+    notebook(nbs / "04_headline.ipynb", COUNT, HEADLINE,
+             params='greeting = "hello"\nmarker = ""\nheadline_file = "../runs/notebooks/04_headline.json"')
+    spec = {**project["spec"], "runs": [{"notebook": "04_headline.ipynb", "name": "head", "title": "Head"},
+                                        {"notebook": "01_tiny.ipynb", "title": "Tiny"}]}
+    project["params"].write_text(yaml.safe_dump(spec))
+    return spec
+
+
+def test_headline_file_is_injected_relative_to_the_notebook_unless_the_run_sets_it(project):
+    spec = headline_project(project)
+    nbs, reports = project["dir"] / "notebooks", project["dir"] / "reports"
+    _, (head, tiny) = load_params(project["params"], nbs, workdir=project["dir"] / "runs", out=reports)
+    assert head.parameters["headline_file"] == "../reports/head.json"  # the run's name, the report folder
+    assert "headline_file" not in tiny.parameters  # 01_tiny does not declare it
+    _, (head, _) = load_params(project["params"], nbs, workdir=project["dir"] / "runs")
+    assert "headline_file" not in head.parameters  # no output folder given (check): the notebook's default
+    spec["runs"][0]["parameters"] = {"headline_file": "mine.json"}
+    project["params"].write_text(yaml.safe_dump(spec))
+    _, (head, _) = load_params(project["params"], nbs, workdir=project["dir"] / "runs", out=reports)
+    assert head.parameters["headline_file"] == "mine.json"
+
+
+def test_the_runner_stamps_the_headline_json_and_the_index_shows_it(project):
+    headline_project(project)
+    reports = project["dir"] / "reports"
+    run_report(project["cfg"]())
+    data = json.loads((reports / "head.json").read_text())
+    assert data["verdict"] == "hi says full" and data["modes"][0]["accuracy"] == 0.5  # what the notebook wrote
+    meta = nbformat.read(reports / "head.ipynb", as_version=4).metadata.segkit_report
+    assert data["run"] == "head" and data["title"] == "Head" and data["params"] == "params.yaml"
+    assert data["seconds"] == meta["seconds"] > 0 and "papermill" in data["versions"]
+    assert not (reports / "01_tiny.json").exists()
+    index = (reports / "index.html").read_text()
+    assert index.index("<h2>Headline</h2>") < index.index("<h2>Notebooks</h2>")
+    assert "<td>full</td><td>0.500</td><td>12.0</td>" in index and "hi says full" in index
+
+    # a reused notebook keeps its JSON; --fresh deletes it with the notebook (here the other run is rerun alone)
+    assert "2 reused" in run_report(project["cfg"]()) and json.loads((reports / "head.json").read_text()) == data
+    run_report(project["cfg"](fresh=True, only=["01_tiny"]))
+    assert not (reports / "head.json").exists() and not (reports / "head.ipynb").exists()
+    assert "Head: no headline numbers (head.json is missing)" in (reports / "index.html").read_text()
+
+
+def test_a_failed_run_leaves_no_earlier_headline(project):
+    headline_project(project)
+    reports = project["dir"] / "reports"
+    run_report(project["cfg"]())
+    assert (reports / "head.json").exists()
+    nbs = project["dir"] / "notebooks"
+    notebook(nbs / "04_headline.ipynb", 'raise RuntimeError("boom")', HEADLINE,
+             params='greeting = "hello"\nmarker = ""\nheadline_file = "x.json"')
+    with pytest.raises(ReportError, match="boom"):
+        run_report(project["cfg"]())
+    assert not (reports / "head.json").exists()
+
+
+def index_rows(*names):
+    return [{"name": n, "title": f"Title {n}", "notebook": f"{n}.ipynb", "status": "ok", "seconds": 1.0,
+             "parameters": {"headline_file": f"../reports/{n}.json"}} for n in names]
+
+
+def test_index_headline_tables_from_hand_written_json(tmp_path):
+    params = tmp_path / "default.yaml"
+    params.write_text("runs: [a.ipynb]\n")
+    ft = {"modes": [{"mode": "full", "accuracy": 0.41234, "accuracy_ci_low": 0.38, "accuracy_ci_high": 0.4449,
+                     "mean_length": 1234.54, "mean_length_ci_low": 1200, "mean_length_ci_high": 1270.26,
+                     "n_problems": 50, "n_base_seeds": 2, "n_ft_seeds": 3, "trained_token_fraction": 1.0},
+                    {"mode": "selective", "accuracy": 0.46, "accuracy_ci_low": 0.43, "accuracy_ci_high": 0.49,
+                     "mean_length": 1100.0, "mean_length_ci_low": 1050.0, "mean_length_ci_high": 1150.0,
+                     "n_problems": 50, "n_base_seeds": 2, "n_ft_seeds": 3, "trained_token_fraction": 0.3456}],
+          "differences": [{"mode": "selective", "vs": "full", "metric": "accuracy", "diff": 0.0477,
+                           "ci_low": 0.011, "ci_high": 0.09},
+                          {"mode": "selective", "vs": "full", "metric": "mean_length", "diff": -134.54,
+                           "ci_low": -170.0, "ci_high": -99.96}],
+          "verdict": "selective beats full <clearly> & shortens", "run": "03", "params": "default.yaml",
+          "seconds": 75.0}
+    attr = {"auc": [{"score": "strength", "variant": "plain", "role": "all", "auc": 0.8123, "ci_low": 0.75,
+                     "ci_high": 0.87, "n_pos": 40, "n_neg": 60},
+                    {"score": "strength", "variant": "answer restated", "role": "all", "auc": 0.6, "ci_low": 0.52,
+                     "ci_high": 0.68, "n_pos": 40, "n_neg": 60},
+                    {"score": "consistency", "variant": "plain", "role": "all", "auc": 0.45, "ci_low": 0.4,
+                     "ci_high": 0.5, "n_pos": 40, "n_neg": 60},
+                    {"score": "strength", "variant": "plain", "role": "core", "auc": 0.999, "ci_low": 0.99,
+                     "ci_high": 1.0, "n_pos": 10, "n_neg": 60}],
+            "attributor_quality": {"n_problems": 100, "answer_after_gold_trace": 0.93}}
+    (tmp_path / "03.json").write_text(json.dumps(ft))
+    (tmp_path / "01.json").write_text(json.dumps(attr))
+    (tmp_path / "bad.json").write_text('{"modes": [')  # malformed
+    (tmp_path / "list.json").write_text('[1, 2]')  # not an object
+    (tmp_path / "odd.json").write_text('{"modes": [{"mode": "full"}]}')  # no accuracy
+    write_index(tmp_path, params, index_rows("01", "03", "bad", "list", "odd", "none"), 1.0)
+    page = (tmp_path / "index.html").read_text()
+    assert page.index("<h2>Headline</h2>") < page.index("<h2>Notebooks</h2>")
+    # 03: modes with intervals and the trained share, the signed differences, the verdict escaped
+    assert ("<tr><td>full</td><td>0.412 [0.380, 0.445]</td><td>1234.5 [1200.0, 1270.3]</td><td>1.000</td></tr>"
+            in page)
+    assert "<td>selective</td><td>0.460 [0.430, 0.490]</td><td>1100.0 [1050.0, 1150.0]</td><td>0.346</td>" in page
+    assert "<td>selective</td><td>full</td><td>accuracy</td><td>+0.048 [+0.011, +0.090]</td>" in page
+    assert "<td>mean_length</td><td>-134.5 [-170.0, -100.0]</td>" in page
+    assert "selective beats full &lt;clearly&gt; &amp; shortens" in page and "<clearly>" not in page
+    # 01: score x variant for role "all" only, and the attributor's quality
+    assert "<tr><th>score</th><th>plain</th><th>answer restated</th></tr>" in page
+    assert "<tr><td>strength</td><td>0.812 [0.750, 0.870]</td><td>0.600 [0.520, 0.680]</td></tr>" in page
+    assert "<tr><td>consistency</td><td>0.450 [0.400, 0.500]</td><td></td></tr>" in page and "0.999" not in page
+    assert "n_problems 100, answer_after_gold_trace 0.930" in page
+    # unreadable files are skipped with a note, a missing one is named
+    assert "Title bad: bad.json skipped" in page and "Title list: list.json skipped" in page
+    assert "Title odd: odd.json skipped" in page and "KeyError" in page
+    assert "Title none: no headline numbers (none.json is missing)" in page
+    assert "href='01_tiny" not in page and "Title 01</a></h3>" in page
+
+
+def test_index_without_headline_files_has_no_headline_section(tmp_path):
+    params = tmp_path / "p.yaml"
+    params.write_text("runs: [a.ipynb]\n")
+    rows = [{**r, "parameters": {}} for r in index_rows("a")]
+    write_index(tmp_path, params, rows, 1.0)
+    assert "Headline" not in (tmp_path / "index.html").read_text()

@@ -37,7 +37,8 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
                                    {"chain_length": 8, "distractors": 4, "modulus": 97, "redundant": 4.0,
                                     "correction_rate": 0.5},
                                    {"style": "concise", "correction_rate": 0.5},
-                                   {"restate_answer": False, "redundant": 3.0}])
+                                   {"restate_answer": False, "redundant": 3.0},
+                                   {"restate_answer": 0.5, "style": "concise"}])
 def test_roles_line_up_with_segments(knobs):
     for seed in range(15):
         for rec in make_records(SynthConfig(out="", n=20, seed=seed, **knobs)):
@@ -93,12 +94,13 @@ def test_train_and_test_problems_are_disjoint(tmp_path):
 def test_command_line(tmp_path, capsys):
     out = tmp_path / "t.jsonl"
     assert cli.main(["synth", "--out", str(out), "--n", "5", "--split", "test", "--chain-length", "3",
-                     "--style", "concise", "--no-restate-answer"]) == 0
+                     "--style", "concise", "--restate-answer", "0"]) == 0
     recs = load(out)
     assert len(recs) == 5 and "wrote 5 test problems" in capsys.readouterr().out
     assert all(r["segment_roles"] == ["core"] * 3 + ["final"] or "correction" in r["segment_roles"] for r in recs)
     assert not any("boxed" in r["solution"] for r in recs)
     assert cli.main(["synth", "--out", str(out), "--mix", "verify=x"]) == 2
+    assert cli.main(["synth", "--out", str(out), "--restate-answer", "1.5"]) == 2
 
 
 def test_concise_traces_are_the_useful_path_of_the_same_kind_of_problem():
@@ -123,3 +125,17 @@ def test_without_restating_the_answer_the_value_is_only_in_the_steps():
         # the last step that computes the target states its value (the answer is read off the steps)
         last = [s for s, role in zip(segs, rec["segment_roles"]) if role in ("core", "correction")][-1]
         assert last.rstrip().endswith(f"so {target} = {rec['answer']}.")
+
+
+def test_a_share_of_restated_answers_mixes_both_endings_and_keeps_the_problems():
+    every = make_records(SynthConfig(out="", n=300, seed=7, style="concise"))
+    none = make_records(SynthConfig(out="", n=300, seed=7, style="concise", restate_answer=False))
+    half = make_records(SynthConfig(out="", n=300, seed=7, style="concise", restate_answer=0.5))
+    # the all-or-none files draw nothing for the ending: the same problems and steps, only the final segment differs
+    assert [r["question"] for r in every] == [r["question"] for r in none]
+    assert all(segment(a["solution"])[:-1] == segment(b["solution"])[:-1] for a, b in zip(every, none))
+    restated = ["boxed" in r["solution"] for r in half]
+    assert 0.4 < sum(restated) / len(half) < 0.6
+    for rec, boxed in zip(half, restated):  # either ending, with its value only where it restates
+        final = segment(rec["solution"])[-1]
+        assert (f"\\boxed{{{rec['answer']}}}" in final) == boxed and bool(re.search(r"\d", final)) == boxed

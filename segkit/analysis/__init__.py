@@ -8,6 +8,7 @@ One module per job; every name is importable from ``segkit.analysis`` as the not
 - ``auc``: ROC-AUC with bootstrap intervals of every segment score against the planted useful roles
 - ``modes``: per-problem results, mode rows with intervals, paired differences and the verdict sentence
 - ``heatmap``: the token heat map (HTML); ``plots``: the figures (matplotlib)
+- ``explore``: the heat map with tau/beta sliders and a trace picker (ipywidgets, for JupyterLab)
 
 Every function takes records as written by the pipeline (``segments``, ``attributions``, ``strength``, ...;
 ``segment_roles`` on the planted-role testbed) and returns plain values, a pandas DataFrame, HTML or a Figure.
@@ -16,11 +17,12 @@ Every function takes records as written by the pipeline (``segments``, ``attribu
     >>> plot_strength_cdf(strength_cdf(records))               # paper Fig. 1
     >>> auc_table(records, variant="answer restated")          # what IG sees, threshold-free
 """
-from .auc import SEGMENT_SCORES, auc_table
+from .auc import SEGMENT_SCORES, auc_summary, auc_table
+from .explore import explore, selection_summary
 from .heatmap import render_heatmap
-from .modes import (METRICS, PAIRS, VERSUS, differences_table, finetuning_headline, modes_table, per_problem_rows,
-                    summarise_modes, verdict)
-from .plots import (plot_completeness, plot_differences, plot_grid, plot_joint, plot_modes, plot_precision_recall,
+from .modes import (METRICS, PAIRS, VERSUS, differences_table, finetuning_headline, modes_table, per_problem_results,
+                    per_problem_rows, resolution, summarise_modes, verdict)
+from .plots import (plot_auc, plot_completeness, plot_differences, plot_grid, plot_joint, plot_modes, plot_precision_recall,
                     plot_removal_effect, plot_segment_features, plot_strength_cdf, plot_strength_consistency)
 from .removal import add_removal_effects, answer_log_prob, removal_by_group, segment_removal_effect
 from .selection import (SELECTION_METHODS, choose_tau_beta, choose_tau_beta_on_signal, confidence_gap_spread,

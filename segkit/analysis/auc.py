@@ -82,3 +82,12 @@ def auc_table(records: Sequence[dict], variant: str = "default", scores: Sequenc
             rows.append({"score": name, "variant": variant, "role": role, "auc": ci["auc"], "ci_low": ci["ci_low"],
                          "ci_high": ci["ci_high"], "n_pos": ci["n_pos"], "n_neg": ci["n_neg"]})
     return pd.DataFrame(rows)
+
+
+def auc_summary(auc: pd.DataFrame, role: str = "all") -> pd.DataFrame:
+    """``auc_table`` rows of ``role`` as a score x variant table of ``"0.62 [0.58, 0.66]"`` strings, for reading."""
+    part = auc[auc.role == role]
+    cells = {(r.score, r.variant): f"{r.auc:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]" for r in part.itertuples()}
+    scores, variants = list(dict.fromkeys(part.score)), list(dict.fromkeys(part.variant))
+    return pd.DataFrame([[cells.get((s, v), "") for v in variants] for s in scores], index=pd.Index(scores, name="score"),
+                        columns=pd.Index(variants, name="variant"))

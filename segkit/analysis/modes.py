@@ -33,6 +33,19 @@ def per_problem_rows(eval_records: Iterable[dict], mode: str, base_seed: int = 0
             for r in eval_records]
 
 
+def per_problem_results(table: pd.DataFrame, benchmark: str | None = None) -> list[dict]:
+    """``per_problem_rows`` of every model in a ``segkit.pipeline.compare_modes`` table (its ``file`` column names
+    each model's ``segkit evaluate`` output), on ``benchmark`` (default: the table's first)."""
+    from ..records import load
+
+    benchmark = benchmark or table["benchmark"].iloc[0]
+    rows = []
+    for r in table[table["benchmark"] == benchmark].itertuples():
+        seed = 0 if r.seed is None or r.seed != r.seed else int(r.seed)  # the base model has no fine-tuning seed
+        rows += per_problem_rows(load(r.file), r.mode, base_seed=int(getattr(r, "base_seed", 0)), ft_seed=seed)
+    return rows
+
+
 def _counts(rows: Sequence[dict], mode: str) -> dict:
     mine = [r for r in rows if r["mode"] == mode]
     return {"n_problems": len({r["problem"] for r in mine}), "n_base_seeds": len({r.get("base_seed", 0) for r in mine}),
@@ -73,6 +86,29 @@ def verdict(differences: pd.DataFrame | Sequence[dict], mode: str = "selective")
     return text
 
 
+# the smallest accuracy differences the paper reports between selections: Table 1 (+2.1 points over full-trace SFT),
+# Table 2 (up to 3 points between selection methods)
+PAPER_DIFFERENCE = 0.021
+
+
+def resolution(differences: pd.DataFrame | Sequence[dict], metric: str = "accuracy",
+               paper: float = PAPER_DIFFERENCE) -> dict:
+    """How fine the comparisons are: the median half-width of the intervals of ``metric`` differences, and whether
+    a difference of the paper's size (``paper``) would lie outside such an interval, as one sentence."""
+    diffs = differences.to_dict("records") if isinstance(differences, pd.DataFrame) else list(differences)
+    widths = sorted((d["ci_high"] - d["ci_low"]) / 2 for d in diffs if d["metric"] == metric)
+    if not widths:
+        return {"metric": metric, "half_width": None, "paper_difference": paper, "resolvable": None,
+                "sentence": f"no {metric} differences were computed."}
+    half = widths[len(widths) // 2] if len(widths) % 2 else (widths[len(widths) // 2 - 1] + widths[len(widths) // 2]) / 2
+    ok = half < paper
+    sentence = (f"The {metric} differences have 95% intervals of +-{half:.3f} (median half-width), so a difference of "
+                f"the paper's size ({paper:+.3f}: Table 1, selective vs full) "
+                + ("would be resolved here." if ok else "cannot be resolved here: it lies inside such an interval; "
+                   "more problems, seeds or base models would narrow them."))
+    return {"metric": metric, "half_width": half, "paper_difference": paper, "resolvable": ok, "sentence": sentence}
+
+
 def summarise_modes(table: pd.DataFrame, metrics: Sequence[str] = ("accuracy", "mean_length",
                                                                    "trained_token_fraction"),
                     as_text: bool = False) -> pd.DataFrame:
@@ -94,9 +130,15 @@ def summarise_modes(table: pd.DataFrame, metrics: Sequence[str] = ("accuracy", "
 
 
 def finetuning_headline(rows: Sequence[dict], pairs: Sequence[tuple[str, str]] = PAIRS,
-                        n_resamples: int = stats.N_RESAMPLES, seed: int = 0) -> dict:
+                        n_resamples: int = stats.N_RESAMPLES, seed: int = 0,
+                        results: pd.DataFrame | None = None) -> dict:
     """What notebook 03 writes to ``reports/<run>.json``: ``{"modes": [...], "differences": [...], "verdict"}``
-    (``modes_table`` and ``differences_table`` as lists of plain dicts, and ``verdict``)."""
+    (``modes_table`` and ``differences_table`` as lists of plain dicts, and ``verdict``); with the
+    ``compare_modes`` table as ``results``, each mode also gets its mean ``trained_token_fraction``."""
     diffs = differences_table(rows, pairs, n_resamples=n_resamples, seed=seed)
-    return {"modes": modes_table(rows, n_resamples=n_resamples, seed=seed).to_dict("records"),
-            "differences": diffs.to_dict("records"), "verdict": verdict(diffs)}
+    modes = modes_table(rows, n_resamples=n_resamples, seed=seed)
+    if results is not None:
+        fraction = results.groupby("mode")["trained_token_fraction"].mean()
+        modes["trained_token_fraction"] = [float(fraction.get(m, float("nan"))) for m in modes["mode"]]
+    return {"modes": modes.to_dict("records"), "differences": diffs.to_dict("records"), "verdict": verdict(diffs),
+            "resolution": resolution(diffs)}

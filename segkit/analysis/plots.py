@@ -235,3 +235,24 @@ def plot_differences(diffs: pd.DataFrame):
     fig.suptitle("Paired differences between modes (95% bootstrap intervals)")
     fig.tight_layout()
     return fig
+
+
+def plot_auc(auc: pd.DataFrame, role: str = "all"):
+    """ROC-AUC of each segment score (``auc_table``) with its 95% interval, one marker per testbed variant; 0.5
+    (dashed) is a score blind to the planted useful segments."""
+    import matplotlib.pyplot as plt
+
+    _style()
+    part = auc[auc.role == role]
+    scores, variants = list(dict.fromkeys(part.score)), list(dict.fromkeys(part.variant))
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(scores) + 1.6))
+    for j, (v, marker) in enumerate(zip(variants, "osD^v")):
+        d = part[part.variant == v].set_index("score").reindex(scores)
+        y = np.arange(len(scores))[::-1] + 0.15 * (j - (len(variants) - 1) / 2)
+        ax.errorbar(d.auc, y, xerr=[d.auc - d.ci_low, d.ci_high - d.auc], fmt=marker, capsize=3, label=v)
+    ax.axvline(0.5, color="grey", lw=1, ls="--")
+    ax.set_yticks(np.arange(len(scores))[::-1], scores)
+    ax.set(xlabel=f"ROC-AUC, planted useful vs the rest ({role} roles)", xlim=(0, 1))
+    ax.legend(title="testbed", loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
