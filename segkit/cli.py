@@ -21,17 +21,8 @@ import sys
 import time
 import typing
 
-# name -> (module, options dataclass, run function, one-line help)
-COMMANDS: dict[str, tuple[str, str, str, str]] = {
-    "segment": ("segkit.segment", "SegmentConfig", "run_segment", "split traces at reflection keywords"),
-    "attribute": ("segkit.attribute", "AttributeConfig", "run_attribute",
-                  "Integrated Gradients per token, segment strength and consistency"),
-    "select": ("segkit.score", "SelectConfig", "run_select", "choose important segments (tau, beta)"),
-    "synth": ("segkit.synth", "SynthConfig", "run_synth", "generate the planted-role testbed"),
-    "train": ("segkit.train", "TrainConfig", "run_train", "(selective) supervised fine-tuning"),
-    "evaluate": ("segkit.evaluate", "EvalConfig", "run_evaluate", "generate, grade and score a model"),
-    "report": ("segkit.report", "ReportConfig", "run_report", "run the notebooks with papermill into reports/"),
-}
+from .commands import COMMANDS, config_class
+
 EXIT_ERROR, EXIT_INTERRUPTED = 2, 130  # argparse's code for usage errors; 128 + SIGINT, as shells report Ctrl-C
 
 
@@ -60,25 +51,6 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls) -> None:
                                 **kw)
 
 
-def to_argv(cfg) -> list[str]:
-    """The command-line options that rebuild ``cfg`` through ``add_dataclass_args`` (its inverse), e.g. to run a
-    stage in another environment's ``segkit``."""
-    argv, hints = [], typing.get_type_hints(type(cfg))
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if f.metadata.get("positional"):
-            argv.insert(0, str(value))
-            continue
-        name = "--" + f.name.replace("_", "-")
-        if hints[f.name] is bool:
-            argv.append(name if value else "--no-" + name[2:])
-        elif isinstance(value, (list, tuple)):
-            argv += [name, *map(str, value)]
-        elif value is not None:
-            argv += [name, str(value)]
-    return argv
-
-
 def _strip_optional(typ):
     args = [a for a in typing.get_args(typ) if a is not type(None)]
     return args[0] if typing.get_origin(typ) in (typing.Union, getattr(__import__("types"), "UnionType", None)) \
@@ -88,12 +60,6 @@ def _strip_optional(typ):
 def _scalar(typ):
     typ = _strip_optional(typ)
     return typ if typ in (int, float, str) else str
-
-
-def config_class(command: str):
-    """The options dataclass of a command (imports that stage's module: an ImportError is not hidden)."""
-    module, cls_name, _, _ = COMMANDS[command]
-    return getattr(importlib.import_module(module), cls_name)
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

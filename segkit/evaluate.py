@@ -243,7 +243,7 @@ def _run_in_vllm_env(cfg: EvalConfig) -> str:
     """``segkit evaluate`` with the same options in the environment that has vLLM (``make vllm``); same records."""
     import subprocess
 
-    from .cli import to_argv
+    from .commands import to_argv
 
     cmd = [vllm_segkit(), "evaluate", *to_argv(cfg)]
     log.info("vLLM is not installed here: running %s", " ".join(cmd))

@@ -117,7 +117,7 @@ def _defaults(cls) -> dict:
 
 
 def pipeline_defaults() -> dict:
-    from .pipeline import PipelineConfig
+    from .config import PipelineConfig
 
     return _defaults(PipelineConfig)
 
@@ -239,7 +239,7 @@ def check_params(path, notebooks, workdir: Path | None = None) -> str:
     """Validate a parameter file without running anything: every parameter known to its notebook and to
     ``PipelineConfig`` (stage options included), every file present (or made by ``make_data``), every model
     loadable here. Returns the estimate of the work per run; raises ``CheckError`` listing what is missing."""
-    from .pipeline import config_from
+    from .config import config_from
     from .synth import SynthConfig
 
     spec, runs = load_params(path, notebooks, workdir)

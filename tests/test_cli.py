@@ -128,10 +128,11 @@ def test_device_and_model_folder_errors_say_what_is_wrong(tmp_path):
 
 @pytest.mark.parametrize("command", ["segment", "select", "synth", "train", "evaluate", "report"])
 def test_to_argv_rebuilds_the_config(command, tmp_path):
-    """``cli.to_argv`` is the inverse of the parser: evaluate relies on it to rerun itself in the vLLM environment."""
+    """``commands.to_argv`` is the inverse of the parser: evaluate relies on it to rerun itself in the vLLM environment."""
     import dataclasses
 
-    from segkit.cli import build_parser, config_class, to_argv
+    from segkit.cli import build_parser
+    from segkit.commands import config_class, to_argv
 
     cls = config_class(command)
     src = tmp_path / "in.jsonl"
