@@ -26,8 +26,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from numbers import Integral, Real
 
-from . import prompt as P
-from .fields import problem
+from . import prompt
+from .fields import field_error
 from .prompt import Assembled, assemble  # noqa: F401 (kept importable from here; they live in segkit.prompt)
 from .records import DEDUPE, ON_ERROR, check_output, stage_options
 from .score import BETA, TAU, consistency, select, strength
@@ -38,6 +38,7 @@ METHOD = "adaptive"     # integration scheme
 BASELINE = "pad-trace"  # the prompt keeps its tokens, the trace starts from the pad embedding
 TARGET_ERROR = 0.05     # the adaptive scheme's default completeness error
 MAX_STEPS = 128         # cap on gradient points when refining
+TRACE_BATCH = 1         # traces whose path points share passes (1: one trace at a time)
 IG_METHODS = ("adaptive", "paper", "gausslegendre", "riemann_trapezoid", "riemann_middle", "riemann_left",
               "riemann_right")
 BASELINES = ("pad-trace", "pad", "zero")
@@ -96,11 +97,20 @@ def ig_path(model, a: Assembled, pad_id: int, baseline: str, batch_size: int | N
     return InterpolationPath(F, x, x0, batch_size or auto_batch), f_in, checkpointing
 
 
-def attribute_record(model, tokenizer, rec: dict, *, steps: int = STEPS, method: str = METHOD,
+def attribute_record(model, tokenizer, rec: dict, **options) -> dict:
+    """Attribute one record (needs ``question``, ``answer``, ``segments``); returns a copy with the IG fields added.
+    ``options`` and errors: ``attribution_plan``."""
+    from .ig import run_plan
+
+    return run_plan(attribution_plan(model, tokenizer, rec, **options))
+
+
+def attribution_plan(model, tokenizer, rec: dict, *, steps: int = STEPS, method: str = METHOD,
                      baseline: str = BASELINE, pad_id: int | None = None, batch_size: int | None = None,
                      target_error: float | None = None, max_steps: int = MAX_STEPS, autocast: bool = False,
-                     checkpointing: bool | None = None, answer_template: str = P.ANSWER_TEMPLATE) -> dict:
-    """Attribute one record (needs ``question``, ``answer``, ``segments``); returns a copy with the IG fields added.
+                     checkpointing: bool | None = None, answer_template: str = prompt.ANSWER_TEMPLATE):
+    """``attribute_record`` as a plan (``segkit.ig.run_plan``): it asks for F and its integrand along the record's
+    path, so that several records' plans can share passes (``in_lockstep``), and returns the attributed record.
 
     ``target_error`` (default: TARGET_ERROR for ``adaptive``, none for fixed schemes): the adaptive scheme refines
     where the error is made; a fixed scheme doubles J; both stop at ``max_steps`` gradient points and record
@@ -109,12 +119,12 @@ def attribute_record(model, tokenizer, rec: dict, *, steps: int = STEPS, method:
     """
     from .features import segment_means, token_surprise
     from .hardware import gradient_checkpointing
-    from .ig import completeness_error, integrated_gradients
+    from .ig import completeness_error, ig_plan
     from .models import pad_token_id
 
     t_start = time.perf_counter()
     check_ig_options(steps, method, baseline, target_error, max_steps, batch_size)
-    wrong = problem(rec, RECORD_FIELDS)  # a null answer would be attributed as "None", a string split into letters
+    wrong = field_error(rec, RECORD_FIELDS)  # a null answer would be attributed as "None", a string split into letters
     if wrong:
         raise ValueError(wrong)
     a = assemble(tokenizer, rec["question"], rec["segments"], rec["answer"], answer_template)
@@ -126,9 +136,9 @@ def attribute_record(model, tokenizer, rec: dict, *, steps: int = STEPS, method:
         target_error = TARGET_ERROR
     path, f_in, checkpointing = ig_path(model, a, pad_id if pad_id is not None else pad_token_id(tokenizer),
                                         baseline, batch_size, checkpointing, autocast)
-    f_base = float(path.value([0.0])[0])
+    f_base = float((yield path, "value", [0.0])[0])
     with gradient_checkpointing(model, checkpointing):
-        raw, J = integrated_gradients(path, f_base, f_in, method, steps, target_error or 0.0, max_steps)  # (T,)
+        raw, J = yield from ig_plan(path, f_base, f_in, method, steps, target_error or 0.0, max_steps)  # (T,)
     err = completeness_error(raw, f_in, f_base)
     norm = float(raw.norm())
     scores = raw / norm if norm > 0 else raw
@@ -151,6 +161,52 @@ def attribute_record(model, tokenizer, rec: dict, *, steps: int = STEPS, method:
     if target_error:
         out["target_error_met"] = err <= target_error
     return out
+
+
+def attribute_records(model, tokenizer, recs: list[dict], trace_batch: int = TRACE_BATCH, **options) -> list[dict]:
+    """``[attribute_record(model, tokenizer, r, **options) for r in recs]``, with the path points of up to
+    ``trace_batch`` records at a time in shared forward/backward passes (``in_lockstep``): the same records up to
+    float rounding, faster for small models (reports/benchmark_attribution.md). Shared passes never checkpoint,
+    and each record's ``attribution_seconds`` is its group's time shared equally."""
+    if trace_batch == 1:
+        return [attribute_record(model, tokenizer, r, **options) for r in recs]
+    # traces of about the same length share passes, so that little of a pass is padding
+    order = sorted(range(len(recs)), key=lambda i: len(str(recs[i].get("question"))) + len(str(recs[i].get("segments"))))
+    out = [None] * len(recs)
+    for k in range(0, len(order), trace_batch):
+        t, group = time.perf_counter(), order[k:k + trace_batch]
+        done = in_lockstep([attribution_plan(model, tokenizer, recs[i], **{**options, "checkpointing": False})
+                            for i in group])
+        for i, r in zip(group, done):
+            out[i] = {**r, "attribution_seconds": (time.perf_counter() - t) / len(group)}
+    return out
+
+
+def in_lockstep(plans: list) -> list:
+    """Run plans (``segkit.ig.run_plan``) together: each round, the requests of one kind (F or its integrand) from
+    every plan still running are evaluated in shared passes (``segkit.hardware.SharedPasses``); returns their
+    results in order."""
+    from .hardware import SharedPasses
+
+    results, requests = {}, {}
+
+    def send(i, answer):
+        try:
+            requests[i] = plans[i].send(answer)
+        except StopIteration as done:
+            results[i] = done.value
+            requests.pop(i, None)
+
+    for i in range(len(plans)):
+        send(i, None)
+    while requests:
+        kind = next(iter(requests.values()))[1]
+        group = [i for i, (_, k, _) in requests.items() if k == kind]
+        shared = SharedPasses([requests[i][0] for i in group])
+        answers = getattr(shared, kind)({j: requests[i][2] for j, i in enumerate(group)})
+        for j, i in enumerate(group):
+            send(i, answers[j])
+    return [results[i] for i in range(len(plans))]
 
 
 def selection_agreement(a: dict, b: dict, tau: float = TAU, beta: float = BETA) -> float:
@@ -191,7 +247,7 @@ class AttributeConfig:
         "help": f"completeness error to reach (default {TARGET_ERROR} for adaptive, none for fixed schemes, which "
                 f"double J until it is met; 0: off). Paper reproduction: --method paper --baseline pad --steps 50"})
     max_steps: int = field(default=MAX_STEPS, metadata={"help": "cap on gradient points when refining"})
-    answer_template: str = field(default=P.ANSWER_TEMPLATE, metadata={"help": "answer string; ANSWER is replaced"})
+    answer_template: str = field(default=prompt.ANSWER_TEMPLATE, metadata={"help": "answer string; ANSWER is replaced"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, mps"})
     dtype: str = field(default="float32", metadata={"help": "float32, bfloat16, float16 or auto"})
     autocast: bool = field(default=False, metadata={"help": "bf16 autocast of the matrix products (GPU speed-up; "
@@ -220,23 +276,13 @@ class AttributeConfig:
 
 
 def check_device(device: str) -> None:
-    """Raise ``ValueError`` when ``device`` names an accelerator this machine lacks (torch is imported only for
-    ``cuda`` and ``mps``)."""
-    kind, _, index = device.partition(":")
-    if kind in ("auto", "cpu"):
+    """Raise ``ValueError`` when ``device`` names an accelerator this machine lacks (``models.resolve_device``
+    checks it; torch is imported only for a device other than ``auto`` and ``cpu``)."""
+    if device.partition(":")[0] in ("auto", "cpu"):
         return
-    if kind not in ("cuda", "mps"):
-        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps")
-    import torch
+    from .models import resolve_device
 
-    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError(f"device {device!r}: MPS is not available on this machine")
-    if kind == "cuda":
-        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if not n:
-            raise ValueError(f"device {device!r}: no CUDA GPU is available (torch {torch.__version__})")
-        if index and (not index.isdigit() or int(index) >= n):
-            raise ValueError(f"device {device!r}: this machine has {n} CUDA device(s)")
+    resolve_device(device)
 
 
 def attribute_options(cfg: AttributeConfig, pad_id: int) -> dict:
@@ -254,7 +300,7 @@ def run_attribute(cfg: AttributeConfig) -> str:
     from .records import check_resume, run_stage
 
     # what determines the records: a resume with other settings would mix two kinds in one file
-    options = {k: v for k, v in asdict(cfg).items() if k not in NOT_RESULT_OPTIONS}
+    options = {"stage": "attribute", **{k: v for k, v in asdict(cfg).items() if k not in NOT_RESULT_OPTIONS}}
     if not cfg.overwrite:
         check_resume(cfg.out, options)  # before the model loads
     model, tok = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)

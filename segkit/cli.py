@@ -17,6 +17,7 @@ import dataclasses
 import importlib
 import logging
 import os
+import pickle
 import sys
 import time
 import typing
@@ -26,8 +27,26 @@ from .commands import COMMANDS, config_class
 EXIT_ERROR, EXIT_INTERRUPTED = 2, 130  # argparse's code for usage errors; 128 + SIGINT, as shells report Ctrl-C
 
 
+class _Once(argparse.Action):
+    """Store an option's value; the same option given twice is an error naming it, where argparse would silently
+    keep the last value and drop the first."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        given = namespace.__dict__.setdefault("_given", set())
+        if self.dest in given:
+            parser.error(f"{'/'.join(self.option_strings)} given twice (it takes one value); give it once")
+        given.add(self.dest)
+        setattr(namespace, self.dest, values)
+
+
+class _OnceBool(argparse.BooleanOptionalAction, _Once):
+    def __call__(self, parser, namespace, values, option_string=None):
+        _Once.__call__(self, parser, namespace, not option_string.startswith("--no-"), option_string)
+
+
 def add_dataclass_args(parser: argparse.ArgumentParser, cls) -> None:
-    """One option per dataclass field: ``--name`` (``positional`` in metadata makes it positional)."""
+    """One option per dataclass field: ``--name`` (``positional`` in metadata makes it positional). A list option
+    given again adds to the list (``--data a --data b``); any other option given twice is an error."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         meta, typ = dict(f.metadata), hints[f.name]
@@ -41,14 +60,16 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls) -> None:
             continue
         name = "--" + f.name.replace("_", "-")
         if typ is bool:
-            parser.add_argument(name, action=argparse.BooleanOptionalAction, default=default, **kw)
+            parser.add_argument(name, action=_OnceBool, default=default, **kw)
         elif typing.get_origin(typ) in (list, tuple) or typing.get_origin(_strip_optional(typ)) in (list, tuple):
             inner = typing.get_args(_strip_optional(typ))[0]
-            parser.add_argument(name, nargs="*", type=inner, default=default, **kw)
+            kw["help"] += f" (default: {' '.join(map(str, default or [])) or 'none'}; repeat to add more)"
+            # default None, not the list: "extend" would add the user's values to the default's
+            parser.add_argument(name, nargs="*", action="extend", type=inner, default=None, **kw)
         else:
             kw["help"] += f" (default: {default})"
             parser.add_argument(name, type=_scalar(typ), default=default, required=meta.get("required", False),
-                                **kw)
+                                action=_Once, **kw)
 
 
 def _strip_optional(typ):
@@ -66,12 +87,25 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; only ``command``'s subparser gets its options (importing that stage alone)."""
     parser = argparse.ArgumentParser(prog="segkit", description=__doc__.split("\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks on errors")
+    parser.add_argument("--version", action="version", version=f"segkit {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, _, _, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
         if name == command:
             add_dataclass_args(p, config_class(name))
     return parser
+
+
+def _version() -> str:
+    """The installed distribution's version (what pip reports), else the source tree's."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("segkit")
+    except PackageNotFoundError:
+        from . import __version__
+
+        return f"{__version__} (not installed)"
 
 
 def _command(argv: list[str]) -> str | None:
@@ -100,6 +134,16 @@ def check_paths(cfg) -> None:
         check_output(out, *inputs, folder=folder)
 
 
+def _one_line(e: BaseException) -> str:
+    """An error as one line: a library's message of several lines (torch's refusal of a pickle, say) is cut to
+    its first, with where to read the rest."""
+    lines = str(e).strip().splitlines() or [type(e).__name__]
+    first = lines[0] if len(lines) == 1 else f"{lines[0].rstrip(' .:')} (the rest with -v)"
+    if isinstance(e, pickle.UnpicklingError):
+        return f"refused to unpickle a file (a pickle can run code; torch loads only weights): {first}"
+    return first
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     command = _command(argv)
@@ -109,18 +153,21 @@ def main(argv: list[str] | None = None) -> int:
     from . import records
 
     cls = config_class(args.command)
-    mod = sys.modules[cls.__module__]
+    mod = importlib.import_module(COMMANDS[args.command][0])  # the run function lives there (may differ from cls)
     errors = (records.RecordError, records.OutputError, FileNotFoundError, ValueError, OSError,
-              *getattr(mod, "ERRORS", ()))
+              pickle.UnpicklingError, *getattr(mod, "ERRORS", ()))
     records.PROGRESS.done, records.PROGRESS.rewriting = 0, False
     t0 = time.perf_counter()
     try:
-        cfg = cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})  # validates its options
+        given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name) is not None}
+        cfg = cls(**given)  # validates its options; a list option not given keeps the dataclass's default
         check_paths(cfg)
         summary = getattr(mod, COMMANDS[args.command][2])(cfg)
     except errors as e:
         logging.getLogger("segkit").debug("traceback", exc_info=True)
-        print(f"segkit {args.command}: error: {e}", file=sys.stderr)
+        # a command's own errors (ERRORS: report's list of missing files, a failed cell) are written to be read whole
+        text = str(e) if isinstance(e, getattr(mod, "ERRORS", ())) else _one_line(e)
+        print(f"segkit {args.command}: error: {text}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         n = records.PROGRESS.done

@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
                   "Integrated Gradients per token, segment strength and consistency"),
     "select": ("segkit.score", "SelectConfig", "run_select", "choose important segments (tau, beta)"),
     "synth": ("segkit.synth", "SynthConfig", "run_synth", "generate the planted-role testbed"),
-    "train": ("segkit.train", "TrainConfig", "run_train", "(selective) supervised fine-tuning"),
+    "train": ("segkit.finetune", "TrainConfig", "fit", "(selective) supervised fine-tuning"),
     "evaluate": ("segkit.evaluate", "EvalConfig", "run_evaluate", "generate, grade and score a model"),
     "report": ("segkit.report", "ReportConfig", "run_report", "run the notebooks with papermill into reports/"),
 }

@@ -10,7 +10,6 @@ resumes where an interrupted one stopped; the table goes to OUT with the suffix 
 """
 from __future__ import annotations
 
-import json
 import logging
 import re
 import threading
@@ -25,8 +24,8 @@ from typing import Iterable
 
 from .generation import ENGINES, check_engine, load_engine, vllm_here, vllm_segkit
 from .prompt import ANSWER_TEMPLATE, assemble
-from .records import (RecordError, atomic_write, check_output, finished_ids, load, owner, rank_world, read_jsonl,
-                      run_stage, shard_path, write_json, check_resume)
+from .records import (RecordError, atomic_write, check_output, check_resume, finished_ids, load, owner, rank_world,
+                      read_jsonl, run_stage, shard_path, to_line, write_json)
 
 log = logging.getLogger("segkit")
 
@@ -196,8 +195,12 @@ class EvalConfig:
 
     def __post_init__(self):
         check_engine(self.engine)
-        if self.n < 1 or self.batch_size < 1 or self.tensor_parallel_size < 1:
-            raise ValueError("--n, --batch-size and --tensor-parallel-size must be at least 1")
+        if min(self.n, self.batch_size, self.tensor_parallel_size, self.max_new_tokens) < 1:
+            raise ValueError("--n, --batch-size, --tensor-parallel-size and --max-new-tokens must be at least 1")
+        if self.limit < 0:  # rows[:-1] would drop the last problem
+            raise ValueError(f"--limit must be at least 1, or 0 for every problem; got {self.limit}")
+        if not 0 <= self.temperature < float("inf") or not 0 < self.top_p <= 1:
+            raise ValueError(f"--temperature must be >= 0 and --top-p in (0, 1], got {self.temperature}, {self.top_p}")
         if not 0 <= self.gpu_memory_utilization <= 1:
             raise ValueError("--gpu-memory-utilization is a share in (0, 1] (0: automatic)")
 
@@ -220,6 +223,8 @@ def problem_list(cfg: EvalConfig) -> list[dict]:
             raise ValueError(f"two benchmark files are named {name!r}; rename one (records are keyed by file stem)")
         names.add(name)
         rows = read_benchmark(path)
+        if not rows:
+            raise ValueError(f"{path}: holds no problems (empty, or blank lines only)")
         golds = [p["gold"] for p in rows]  # the whole file decides, whatever --limit takes
         mc = cfg.multiple_choice == "yes" or (cfg.multiple_choice == "auto" and all(_MC_GOLD.match(g) for g in golds))
         problems += [{"id": f"{name}/{p['id']}", "dataset": name, "question": p["question"], "gold": p["gold"],
@@ -247,9 +252,21 @@ def _run_in_vllm_env(cfg: EvalConfig) -> str:
 
     cmd = [vllm_segkit(), "evaluate", *to_argv(cfg)]
     log.info("vLLM is not installed here: running %s", " ".join(cmd))
-    done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    try:
+        done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    except OSError as e:  # not a program, not executable
+        raise EngineError(f"{cmd[0]}: cannot run it ({e.strerror}); rebuild it with `make vllm`") from None
     if done.returncode != 0:
         raise EngineError(f"{cmd[0]} evaluate failed (exit {done.returncode}); its message is above")
+    # success is what it wrote, not its exit code: this rank's problems are all in OUT or this rank's shard
+    rank, world = rank_world()
+    out = Path(cfg.out)
+    have = set(finished_ids(out)) | set(finished_ids(shard_path(out, rank, world)))
+    missing = [p["id"] for p in problem_list(cfg) if (world == 1 or owner(p["id"], world) == rank)
+               and p["id"] not in have]
+    if missing:
+        raise EngineError(f"{cmd[0]} evaluate exited 0 but {out} lacks {len(missing)} problem(s) (first: "
+                          f"{missing[0]}); rerun to resume")
     return done.stdout.strip().splitlines()[-1] if done.stdout.strip() else "done"
 
 
@@ -263,15 +280,18 @@ def run_evaluate(cfg: EvalConfig) -> str:
         check_output(derived, *cfg.data)  # written next to OUT: never a benchmark either
     if cfg.engine == "vllm" and not vllm_here():  # vLLM pins its own transformers: it lives in .venv-vllm
         return _run_in_vllm_env(cfg)
+    options = {"stage": "evaluate", **{k: v for k, v in asdict(cfg).items() if k not in NOT_RESULT_OPTIONS}}
+    if not cfg.overwrite:
+        check_resume(out, options)  # before the model loads or anything beside OUT is written
+    from .models import locate  # (imports torch: not at module level, so --help answers at once)
+
+    locate(cfg.model)  # a path that is no model is said before anything is written
     problems = problem_list(cfg)
     src = out.with_name(out.stem + ".problems.jsonl")
-    text = "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in problems)
+    text = "".join(to_line(p) for p in problems)
     if not src.exists() or src.read_text(encoding="utf-8") != text:  # every rank writes the same bytes
         with atomic_write(src) as f:
             f.write(text)
-    options = {k: v for k, v in asdict(cfg).items() if k not in NOT_RESULT_OPTIONS}
-    if not cfg.overwrite:
-        check_resume(out, options)  # before the model loads
     sample = batched_sampler(cfg, out, problems)
 
     def evaluate_problem(p: dict) -> dict:

@@ -1,8 +1,8 @@
 """The record fields the stages read, and what each must hold: one table, checked wherever a record is read.
 
-    >>> problem({"answer": None}, ["answer"])
+    >>> field_error({"answer": None}, ["answer"])
     "field 'answer': expected a non-empty string or number, got null"
-    >>> problem({"segments": ["a", 1]}, ["segments"])
+    >>> field_error({"segments": ["a", 1]}, ["segments"])
     "field 'segments': expected a list of strings, got a list whose item 1 is a number"
 """
 from __future__ import annotations
@@ -80,14 +80,16 @@ FIELDS: dict[str, tuple[str, Callable[[dict, object], object]]] = {
     "consistency": ("a list of numbers, one per segment", _per_segment(_numbers)),
     "selected_spans_ids": ("a list of segment indices", _span_ids),
 }
-# where a missing field comes from
-HINTS = {"segments": "run `segkit segment` first", "attributions": "run `segkit attribute` first",
-         "strength": "run `segkit attribute` first", "consistency": "run `segkit attribute` first",
-         "selected_spans_ids": "run `segkit select` first"}
+# field -> the segkit stage that writes it
+MADE_BY = {"segments": "segment", "attributions": "attribute", "strength": "attribute", "consistency": "attribute",
+           "segment_log_perplexity": "attribute", "segment_entropy": "attribute", "selected_spans_ids": "select"}
+# where a missing field comes from: a stage to run, or (planted roles) only the testbed
+HINTS = {**{name: f"run `segkit {stage}` first" for name, stage in MADE_BY.items()},
+         "segment_roles": "the planted roles that only the testbed's records from `segkit synth` have"}
 
 
-def problem(rec: dict, fields: Iterable[str]) -> str | None:
-    """What is wrong with ``rec``'s ``fields`` (missing, or not of the type in ``FIELDS``), or None."""
+def field_error(rec: dict, fields: Iterable[str]) -> str | None:
+    """The error message for ``rec``'s ``fields`` (one missing, or not of the type in ``FIELDS``), or None."""
     fields = list(fields)
     missing = [k for k in fields if k not in rec]
     if missing:

@@ -32,14 +32,12 @@ def vllm_here() -> bool:
 
 def vllm_segkit() -> str | None:
     """The ``segkit`` of an environment that has vLLM, for a process that lacks it: ``$SEGKIT_VLLM_SEGKIT``, else
-    the ``.venv-vllm`` that ``make vllm`` builds in the project (or the current folder); None when there is none."""
+    the ``.venv-vllm`` that ``make vllm`` builds beside the package's source tree; None when there is none. Never
+    the current folder's: a program found there is whatever someone put there, not what segkit installed."""
     if os.environ.get("SEGKIT_VLLM_SEGKIT"):
         return os.environ["SEGKIT_VLLM_SEGKIT"]
-    for root in (Path(__file__).resolve().parents[1], Path.cwd()):
-        exe = root / ".venv-vllm" / "bin" / "segkit"
-        if exe.is_file():
-            return str(exe)
-    return None
+    exe = Path(__file__).resolve().parents[1] / ".venv-vllm" / "bin" / "segkit"
+    return str(exe) if exe.is_file() and os.access(exe, os.X_OK) else None
 
 
 def check_engine(engine: str) -> None:
@@ -139,8 +137,7 @@ class VLLMEngine:
         where, gguf = locate(model)
         if gguf:
             raise ValueError(f"--engine vllm reads a model folder or hub id, not the GGUF file of {model!r}: save it "
-                             f"as a folder first (segkit train --init {model} --epochs 0 ..., or load_model + "
-                             f"save_pretrained)")
+                             f"as a folder first (load_model + save_pretrained)")
         self.tokenizer = load_tokenizer(model)
         cuda = torch.cuda.is_available()
         try:

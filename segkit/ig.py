@@ -7,8 +7,10 @@ IG attributes F(x) - F(x') to the positions t of the input x (shape ``(1, T, H)`
 and by completeness sum_t IG_t = F(x) - F(x'); ``completeness_error`` is how far a quadrature is from that. The
 pieces, as in captum's ``integrated_gradients.py``: what is attributed is a forward function passed in (here
 ``AnswerLogProb``, the summed log-probability of the answer tokens), ``InterpolationPath`` evaluates F and its
-integrand at any alphas, and the points and weights come from ``schedule`` (fixed schemes) or ``adaptive_ig``
-(Gauss-Legendre refined where the completeness error is made). ``integrated_gradients`` runs either.
+integrand at any alphas, and the points and weights come from ``schedule`` (fixed schemes) or ``adaptive_plan``
+(Gauss-Legendre refined where the completeness error is made). Each integration is a plan, a generator that asks
+for F or its integrand at the alphas it needs next, so one plan runs along one path (``integrated_gradients``) or,
+in lockstep with other traces' plans, in shared passes (``segkit.attribute.in_lockstep``).
 
     >>> w, alphas = schedule("riemann_trapezoid", 3)
     >>> w, alphas
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Generator, Sequence
 
 import numpy as np
 import torch
@@ -175,24 +177,25 @@ class Interval:
         return float(self.ig.sum()) - (self.fb - self.fa)
 
 
-def adaptive_ig(path: InterpolationPath, f0: float, f1: float, steps: int, target_error: float, max_steps: int):
+def adaptive_plan(path, f0: float, f1: float, steps: int, target_error: float, max_steps: int):
     """Composite Gauss-Legendre that places its points where F changes fast; F(x') = ``f0``, F(x) = ``f1``.
 
     [0, 1] starts as ``steps // NODES`` equal intervals of ``NODES`` points each. An interval's own completeness gap
     (its quadrature of dF/d alpha minus F(b) - F(a)) is its exact share of the completeness error, so while that
     error is above ``target_error`` the intervals with the largest gaps are halved (one forward pass for F at the
-    midpoint, ``NODES`` new gradient points per half); the others keep their points. Returns ``(T,)`` raw
-    attributions and the number of gradient points used (at most ``max_steps`` once refining starts).
+    midpoint, ``NODES`` new gradient points per half); the others keep their points. A plan along ``path`` (see
+    ``run_plan``): returns ``(T,)`` raw attributions and the number of gradient points used (at most ``max_steps``
+    once refining starts).
     """
     n = min(NODES, steps)
     edges = np.linspace(0, 1, max(1, steps // n) + 1).tolist()
-    f = [f0, *path.value(edges[1:-1]).tolist(), f1]
+    f = [f0, *(yield path, "value", edges[1:-1]).tolist(), f1]
     todo = [Interval(a, b, fa, fb) for a, b, fa, fb in zip(edges, edges[1:], f, f[1:])]
     done: list[Interval] = []
     used, allowed = 0, target_error * abs(f1 - f0)
     while True:
         rules = [gauss_legendre(iv.a, iv.b, n) for iv in todo]
-        values = path.integrand([a for _, alphas in rules for a in alphas]).split(n)  # one (n, T) per interval
+        values = (yield path, "integrand", [a for _, alphas in rules for a in alphas]).split(n)  # (n, T) per interval
         for iv, (w, _), v in zip(todo, rules, values):
             iv.ig = torch.tensor(w) @ v
         done += todo
@@ -211,26 +214,56 @@ def adaptive_ig(path: InterpolationPath, f0: float, f1: float, steps: int, targe
         worst = worst[:(max_steps - used) // (2 * n)]
         if not worst:  # the cap is reached
             break
-        mids = path.value([(iv.a + iv.b) / 2 for iv in worst]).tolist()
+        mids = (yield path, "value", [(iv.a + iv.b) / 2 for iv in worst]).tolist()
         done = [iv for iv in done if iv not in worst]
         todo = [half for iv, fm in zip(worst, mids) for half in
                 (Interval(iv.a, (iv.a + iv.b) / 2, iv.fa, fm), Interval((iv.a + iv.b) / 2, iv.b, fm, iv.fb))]
     return sum(iv.ig for iv in done), used
 
 
-def integrated_gradients(path: InterpolationPath, f0: float, f1: float, method: str, steps: int,
-                         target_error: float = 0.0, max_steps: int = 128) -> tuple[torch.Tensor, int]:
-    """``(raw attributions (T,), gradient points used)`` along ``path`` with F(x') = ``f0`` and F(x) = ``f1``.
-
-    ``adaptive`` refines intervals where the error is made (``adaptive_ig``); a fixed scheme starts at ``steps``
-    points and, when ``target_error`` is set (0: off), doubles them until the completeness error is met or
-    doubling would pass ``max_steps``."""
+def ig_plan(path, f0: float, f1: float, method: str, steps: int, target_error: float = 0.0,
+            max_steps: int | None = None):
+    """The plan of ``integrated_gradients`` (same arguments): ``adaptive_plan``, or a fixed scheme
+    of ``steps`` points doubled until the completeness error is ``target_error`` or doubling would pass
+    ``max_steps``."""
+    if target_error and max_steps is None:
+        raise ValueError("refining to a target error needs a cap on gradient points: pass max_steps")
     if method == "adaptive":
-        return adaptive_ig(path, f0, f1, steps, target_error, max_steps)
+        return (yield from adaptive_plan(path, f0, f1, steps, target_error, max_steps))
     J = steps
     while True:
         w, alphas = schedule(method, J)
-        raw = torch.tensor(w) @ path.integrand(alphas)  # (J,) @ (J, T) -> (T,)
+        raw = torch.tensor(w) @ (yield path, "integrand", alphas)  # (J,) @ (J, T) -> (T,)
         if not target_error or completeness_error(raw, f1, f0) <= target_error or 2 * J > max_steps:
             return raw, J
         J *= 2
+
+
+def run_plan(plan: Generator):
+    """Run a plan: a computation written as a generator that yields what it needs next, ``(path, "value",
+    alphas)`` or ``(path, "integrand", alphas)``, is sent ``path.value(alphas)`` ``(n,)`` or
+    ``path.integrand(alphas)`` ``(n, T)``, and returns its result (for the plans here: ``(raw attributions (T,),
+    gradient points used)``). The quadrature is said once; who evaluates the points (each path on its own here,
+    several traces' in shared passes in ``segkit.attribute.in_lockstep``) is the caller's choice."""
+    answer = None
+    try:
+        while True:
+            path, kind, alphas = plan.send(answer)
+            answer = getattr(path, kind)(alphas)
+    except StopIteration as done:
+        return done.value
+
+
+def adaptive_ig(path: InterpolationPath, f0: float, f1: float, steps: int, target_error: float, max_steps: int):
+    """``adaptive_plan`` along ``path``: ``(raw attributions (T,), gradient points used)``."""
+    return run_plan(adaptive_plan(path, f0, f1, steps, target_error, max_steps))
+
+
+def integrated_gradients(path: InterpolationPath, f0: float, f1: float, method: str, steps: int,
+                         target_error: float = 0.0, max_steps: int | None = None) -> tuple[torch.Tensor, int]:
+    """``(raw attributions (T,), gradient points used)`` along ``path`` with F(x') = ``f0`` and F(x) = ``f1``.
+
+    ``adaptive`` refines intervals where the error is made (``adaptive_plan``); a fixed scheme starts at ``steps``
+    points and, when ``target_error`` is set (0: off), doubles them until the completeness error is met or
+    doubling would pass ``max_steps``, which a target error needs (the stage's default: ``attribute.MAX_STEPS``)."""
+    return run_plan(ig_plan(path, f0, f1, method, steps, target_error, max_steps))

@@ -1,20 +1,30 @@
 """Parameter files of ``segkit report``: read them into runs, make their stand-in data, check them without running.
 
-A parameter file (YAML) has ``parameters`` shared by every notebook (each takes those its ``parameters`` cell
-declares), ``runs`` (the notebooks in order, each with its own ``parameters`` on top) and optionally ``make_data``:
-files written with ``segkit synth`` before the notebooks run, when missing, as a user's data file would be (planted
-roles dropped unless ``roles: true``), so that a CPU run can take the real-data path. Paths in a parameter file
-(``train_data``, ``benchmarks``, local models, ``make_data``) are relative to the folder ``segkit report`` runs in.
+A parameter file (YAML) has ``parameters`` shared by every notebook, ``runs`` (the notebooks in order, each with its
+own ``parameters`` on top) and optionally ``make_data``: files written with ``segkit synth`` before the notebooks
+run, when missing, as a user's data file would be (planted roles dropped unless ``roles: true``), so that a CPU run
+can take the real-data path. Paths in a parameter file (``train_data``, ``benchmarks``, local models,
+``make_data``) are relative to the folder ``segkit report`` runs in.
+
+A parameter file is data: it is read as YAML's JSON part (a tag such as ``!!binary``, ``!!set`` or ``!!python/...``,
+a key given twice, a syntax error: ``file:line: ...``), every name is a ``PipelineConfig`` field or a name the
+run's notebook declares (the closest one is suggested), every value is checked by ``segkit.config`` (the pipeline's
+against their fields, a notebook's own against its default's type), run names are names (no path), and the data
+files' records are read for the fields the run needs, all before anything runs. A notebook takes the pipeline's
+values as one mapping ``pipeline_params`` (and any field it declares by name).
 
     >>> spec, runs = load_params("notebooks/params/smollm2.yaml", "notebooks", workdir="runs/smollm2")
-    >>> print(check_params("notebooks/params/paper.yaml", "notebooks"))   # raises CheckError when files are missing
+
+``segkit.checks`` is ``--check``: the data files and models these runs need, and the work they ask for.
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
 import os
+from collections.abc import Hashable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import yaml
 
@@ -23,8 +33,12 @@ WORKDIR_PARAMS = {"workdir": "", "choice_file": "tau_beta.json"}
 # injected likewise, with the report's output folder: where a notebook writes its headline numbers (the runner stamps
 # them with the run's name, time and versions, and index.html shows them); "{name}" is the run's name
 OUTPUT_PARAMS = {"headline_file": "{name}.json"}
+# the notebook parameter that takes the run's pipeline values (every PipelineConfig field but workdir) as a mapping
+PIPELINE = "pipeline_params"
+RUNNER_SET = {*WORKDIR_PARAMS, *OUTPUT_PARAMS, PIPELINE}  # where a run reads and writes: never the file's to say
 # sources given as paths: made relative to the notebook's folder (the kernel's working folder) when they exist
 PATH_PARAMS = ("train_data", "benchmarks", "base_model", "attributor")
+RUN_KEYS = ("notebook", "name", "title", "parameters")
 
 
 class CheckError(ValueError):
@@ -37,18 +51,82 @@ class Run:
     notebook: Path
     title: str
     parameters: dict  # as the notebook gets them (paths relative to its folder)
-    given: dict = field(default_factory=dict)  # as the parameter file gives them (paths relative to the cwd)
+    given: dict = field(default_factory=dict)  # the pipeline's values as the file gives them (paths: the cwd's)
+
+    def config(self):
+        from .config import config_from
+
+        return config_from(self.given)
+
+    def sources(self) -> list[str]:
+        """The data files and models the notebook is given, relative to its folder."""
+        values = [p.get(k) for p in (self.parameters, self.parameters.get(PIPELINE) or {}) for k in PATH_PARAMS]
+        return [v for value in values for v in (value if isinstance(value, list) else [value]) if isinstance(v, str)]
+
+
+class _DataLoader(yaml.SafeLoader):
+    """YAML's JSON part: a tag that builds anything else (``!!binary``, ``!!set``, ``!!timestamp``, ...; the
+    ``!!python/...`` ones SafeLoader refuses already), a key given twice and an alias (``*name``: a few lines of
+    them expand to billions of values) are errors at their line."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, f"an alias (*{event.anchor}) is not a parameter: write "
+                                                          "the value out", event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, Hashable) and key_node.tag != "tag:yaml.org,2002:merge":
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"{key!r} is given twice (also at line {seen[key]})", key_node.start_mark)
+                seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+def _refuse(loader, node):
+    raise yaml.constructor.ConstructorError(None, None, f"a {node.tag.rsplit(':', 1)[-1]} value is not a parameter "
+                                                        "(plain data only; quote it to pass a string)", node.start_mark)
+
+
+for _tag in ("binary", "set", "timestamp", "omap", "pairs"):
+    _DataLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", _refuse)
+
+
+def check_name(name, what: str) -> str:
+    """``name`` when it names a file inside its folder (a run, a notebook, a parameter file's stem): no path
+    separator, no leading dot (``..`` included), nothing unprintable; else ValueError."""
+    if not isinstance(name, str) or not name or name.startswith(".") or ".." in name or not name.isprintable() \
+            or any(sep in name for sep in "/\\"):
+        raise ValueError(f"{what} {name!r} is not a name: no path separators, '..' or leading dot (it names a "
+                         "file inside its folder)")
+    return name
 
 
 def read_spec(path) -> dict:
     path = Path(path)
-    spec = yaml.safe_load(path.read_text()) or {}
+    check_name(path.stem, "the parameter file's stem")  # it names the work and report folders
+    try:
+        spec = yaml.load(path.read_bytes(), Loader=_DataLoader) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark else path.read_bytes()[:e.position].count(b"\n") + 1 \
+            if isinstance(e, yaml.reader.ReaderError) else None  # a byte that is not UTF-8 has a position only
+        where = f"{path}:{line}" if line else str(path)
+        raise ValueError(f"{where}: {getattr(e, 'problem', None) or str(e).splitlines()[0]}") from None
     if not isinstance(spec, dict) or not isinstance(spec.get("runs"), list) or not spec["runs"]:
         raise ValueError(f"{path}: expected a mapping with a non-empty list 'runs' (and optionally 'parameters', "
                          "'make_data')")
     unknown = set(spec) - {"parameters", "runs", "make_data"}
     if unknown:
         raise ValueError(f"{path}: unknown sections {sorted(unknown)}; expected parameters, runs, make_data")
+    for key in ("parameters", "make_data"):
+        if not isinstance(spec.get(key) or {}, dict):
+            raise ValueError(f"{path}: '{key}' must be a mapping of names to values")
     return spec
 
 
@@ -67,46 +145,113 @@ def _relative_paths(params: dict, folder: Path) -> dict:
     return out
 
 
-def load_params(path, notebooks, workdir: Path | None = None, out: Path | None = None) -> tuple[dict, list[Run]]:
-    """``(the YAML as read, the runs in order)``; each run's parameters are PipelineConfig's defaults, then the
-    shared ones, then its own (which must all be declared: a typo fails here, not in the notebook), then the work
-    folder and (given ``out``, the report's output folder) ``OUT/<run name>.json`` as ``headline_file``; each run
-    takes the names its notebook declares."""
+def _run_item(path: Path, i: int, item, notebooks) -> tuple[Path, str, str, dict]:
+    """``(notebook, name, title, own parameters)`` of the ``i``-th entry of ``runs``, each checked."""
+    if isinstance(item, str):
+        item = {"notebook": item}
+    if not isinstance(item, dict) or "notebook" not in item:
+        raise ValueError(f"{path}: run {i}: expected a notebook's file name or a mapping with 'notebook'")
+    unknown = set(item) - set(RUN_KEYS)
+    if unknown:
+        from .config import suggest
+
+        key = sorted(unknown)[0]
+        raise ValueError(f"{path}: run {i}: unknown key {key!r}{suggest(key, RUN_KEYS)}; a run has "
+                         f"{', '.join(RUN_KEYS)}")
+    nb = Path(notebooks) / check_name(item["notebook"], f"{path}: run {i}: notebook")
+    if nb.suffix != ".ipynb" or not nb.is_file():
+        from .config import suggest
+
+        names = sorted(p.name for p in Path(notebooks).glob("*.ipynb"))
+        raise FileNotFoundError(f"{path}: run {i}: no notebook {nb}{suggest(nb.name, names)}; the notebooks "
+                                f"are {', '.join(names)}")
+    name = check_name(item.get("name", nb.stem), f"{path}: run {i}: name")
+    title, own = item.get("title", name), item.get("parameters") or {}
+    for key, value, kind in (("title", title, str), ("parameters", own, dict)):
+        if not isinstance(value, kind):
+            raise ValueError(f"{path}: run {name!r}: '{key}' must be {'a string' if kind is str else 'a mapping'}")
+    return nb, name, title, own
+
+
+def _declared(nb: Path) -> dict:
+    """The names ``nb``'s parameters cell declares, each with the type of its default (``object``: any data)."""
+    import logging
+
     import papermill
+
+    def kind(default: str):
+        try:
+            value = ast.literal_eval(default)
+        except (ValueError, SyntaxError):
+            return object
+        return object if value is None else list if isinstance(value, tuple) else type(value)
+
+    quiet, level = logging.getLogger("papermill"), logging.getLogger("papermill").level
+    quiet.setLevel(logging.WARNING)  # its "Input Notebook: ..." line per notebook is no news when checking
+    try:
+        return {name: kind(p["default"]) for name, p in papermill.inspect_notebook(str(nb)).items()}
+    finally:
+        quiet.setLevel(level)
+
+
+def load_params(path, notebooks, workdir: Path | None = None, out: Path | None = None) -> tuple[dict, list[Run]]:
+    """``(the YAML as read, the runs in order)``, every name and value checked (the module's docstring). A run's
+    pipeline values are PipelineConfig's defaults, then the shared ones, then its own; its notebook gets them as
+    ``pipeline_params`` (and by name where it declares a field), with its own declared names, the work folder and
+    (given ``out``, the report's output folder) ``OUT/<run name>.json`` as ``headline_file``."""
+    from .config import check_value, config_from
 
     path = Path(path)
     spec = read_spec(path)
     shared = spec.get("parameters") or {}
     workdir = Path(workdir if workdir is not None else Path("runs") / path.stem).resolve()
-    runs, names = [], set()
-    for i, item in enumerate(spec["runs"], 1):
-        if isinstance(item, str):
-            item = {"notebook": item}
-        nb = Path(notebooks) / item["notebook"]
-        if not nb.exists():
-            raise FileNotFoundError(f"{path}: run {i}: no notebook {nb}")
-        name = item.get("name", nb.stem)
-        if name in names:
+    items = [_run_item(path, i, item, notebooks) for i, item in enumerate(spec["runs"], 1)]
+    try:
+        data_to_make(spec)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    fields, declared = set(pipeline_defaults()) - {"workdir"}, {nb: _declared(nb) for nb, *_ in items}
+    _check_names(path, shared, fields | {k for d in declared.values() for k in d}, "parameters")
+    runs = []
+    for nb, name, title, own in items:
+        if name in {r.name for r in runs}:
             raise ValueError(f"{path}: two runs are named {name!r}; give one a 'name'")
-        names.add(name)
-        declared = set(papermill.inspect_notebook(str(nb)))
-        own = item.get("parameters") or {}
-        unknown = set(own) - declared
-        if unknown:
-            raise ValueError(f"{path}: run {name!r}: {nb.name} has no parameters {sorted(unknown)}; "
-                             f"it declares {sorted(declared)}")
-        # a pipeline name the file leaves out takes PipelineConfig's default, not the notebook's (tiny, for tests)
-        given = {k: v for k, v in pipeline_defaults().items() if k in declared and k != "workdir"} | \
-            {k: v for k, v in shared.items() if k in declared} | own
-        params = _relative_paths(given, nb.parent.resolve())
+        types = declared[nb]
+        _check_names(path, own, fields | set(types), f"run {name!r}: parameters")
+        given = {k: v for k, v in pipeline_defaults().items() if k in fields} | \
+            {k: v for k, v in {**shared, **own}.items() if k in fields}
+        mine = {k: v for k, v in {**shared, **own}.items() if k in types and k not in fields}
+        try:
+            config_from(given)
+            for k, v in mine.items():
+                check_value(v, types[k], k)
+        except ValueError as e:
+            raise ValueError(f"{path}: run {name!r}: {e}") from None
+        folder = nb.parent.resolve()
+        params = mine | _relative_paths({k: v for k, v in given.items() if k in types}, folder)
+        if PIPELINE in types:
+            params[PIPELINE] = _relative_paths(given, folder)
         for key, rel in WORKDIR_PARAMS.items():
-            if key in declared and key not in own:  # relative to the kernel's folder: no machine paths in reports
-                params[key] = os.path.relpath(workdir / rel if rel else workdir, nb.parent.resolve())
+            if key in types:  # relative to the kernel's folder: no machine paths in reports
+                params[key] = os.path.relpath(workdir / rel if rel else workdir, folder)
         for key, rel in OUTPUT_PARAMS.items():
-            if out is not None and key in declared and key not in own:
-                params[key] = os.path.relpath(Path(out).resolve() / rel.format(name=name), nb.parent.resolve())
-        runs.append(Run(name, nb, item.get("title", name), params, given))
+            if out is not None and key in types:
+                params[key] = os.path.relpath(Path(out).resolve() / rel.format(name=name), folder)
+        runs.append(Run(name, nb, title, params, given))
     return spec, runs
+
+
+def _check_names(path: Path, params: dict, known: set, where: str) -> None:
+    """ValueError naming the first of ``params`` that the runner sets itself or nobody declares."""
+    from .config import suggest
+
+    for key in params:
+        if key in RUNNER_SET:
+            raise ValueError(f"{path}: {where}: {key!r} is set by segkit report (--workdir, --out), not by the "
+                             "parameter file")
+        if key not in known:
+            raise ValueError(f"{path}: {where}: unknown name {key!r}{suggest(key, known)}: neither a "
+                             "PipelineConfig field nor a parameter its notebook declares")
 
 
 def _defaults(cls) -> dict:
@@ -123,16 +268,23 @@ def pipeline_defaults() -> dict:
 
 
 def data_to_make(spec: dict) -> dict[Path, dict]:
-    """The ``make_data`` section: ``{file: segkit synth options (+ roles)}``, the option names checked."""
+    """The ``make_data`` section: ``{file: segkit synth options (+ roles)}``, checked: each file a relative path
+    inside the folder the report runs in, each option of its type and range."""
+    from .config import check_options, check_value
     from .synth import SynthConfig
 
-    known = {f.name for f in dataclasses.fields(SynthConfig)} - {"out"} | {"roles"}
     out = {}
     for name, opts in (spec.get("make_data") or {}).items():
-        bad = set(opts or {}) - known
-        if bad:
-            raise ValueError(f"make_data: {name}: {sorted(bad)} are not segkit synth options; known: {sorted(known)}")
-        out[Path(name)] = dict(opts or {})
+        where, opts = f"make_data: {name}", dict(opts or {})
+        if PurePath(name).is_absolute() or ".." in PurePath(name).parts or PurePath(name).suffix != ".jsonl":
+            raise ValueError(f"{where}: a stand-in data file is a relative path inside this folder ending in .jsonl")
+        check_value(opts.get("roles", False), bool, f"{where}.roles")
+        check_options(SynthConfig, {k: v for k, v in opts.items() if k != "roles"}, where, {"out"})
+        try:
+            SynthConfig(out=name, **{k: v for k, v in opts.items() if k != "roles"})  # its ranges (n >= 1, ...)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+        out[Path(name)] = opts
     return out
 
 
@@ -152,114 +304,3 @@ def make_data(spec: dict) -> list[Path]:
         dump(records, path)  # atomic: a half-written file is never taken for the user's data
         written.append(path)
     return written
-
-
-def model_problem(name: str | None) -> str | None:
-    """None if ``name`` loads here (testbed, scratch, alias, .gguf, folder, hub id in the local Hugging Face cache);
-    else one line saying how to bring it."""
-    from .models import locate
-
-    if name in (None, "scratch"):
-        return None
-    try:
-        where, gguf = locate(name)
-    except FileNotFoundError as e:
-        return str(e)
-    if gguf or Path(where).is_dir():
-        return None
-    from huggingface_hub import try_to_load_from_cache
-
-    if isinstance(try_to_load_from_cache(where, "config.json"), str):
-        return None
-    return (f"model {name!r} is not in the local Hugging Face cache: on a machine with internet run "
-            f"`hf download {name} --local-dir models/{Path(name).name}`, copy the folder here and name it "
-            f"(e.g. base_model: models/{Path(name).name}), or let the Hub be reachable")
-
-
-def _count(path: Path) -> tuple[int, int]:
-    """(records, characters of question + solution) of a JSON Lines file."""
-    from .records import load
-
-    recs = load(path)
-    return len(recs), sum(len(str(r.get("question", r.get("problem", "")))) + len(str(r.get("solution", "")))
-                          for r in recs)
-
-
-def estimate(cfg, made: dict[Path, dict], trains: bool = True) -> list[str]:
-    """The work one run's configuration asks for, in the units that size it: traces x tokens x IG points,
-    training tokens, generated tokens (upper bound: every sample runs to max_new_tokens). Tokens are counted as
-    characters / 4 (no tokenizer is loaded); ``made``: files ``make_data`` will write, with their options."""
-    from .attribute import AttributeConfig
-    from .evaluate import EvalConfig
-    from .pipeline import has_planted_roles
-    from .train import TrainConfig
-
-    ig, tr, ev = (_defaults(AttributeConfig) | cfg.attribute, _defaults(TrainConfig) | cfg.train,
-                  _defaults(EvalConfig) | cfg.generate)
-    data = Path(cfg.train_data) if cfg.train_data else None
-    n_traces, per_trace, tokens = cfg.n_attribute or "all", None, "? (file missing)"
-    if data is None or data in made:  # the testbed, or synthetic stand-ins: ~300 tokens a trace
-        n = made[data]["n"] if data in made else cfg.n_train
-        n_traces, per_trace, tokens = min(n, cfg.n_attribute or n), 300, "~300"
-    elif data.exists():
-        n, chars = _count(data)
-        n_traces, per_trace = min(n, cfg.n_attribute or n), chars / 4 / max(n, 1)
-        tokens = f"~{per_trace:,.0f}"
-    points = f"{ig['steps']}" if ig["method"] != "adaptive" else f"{ig['steps']}-{ig['max_steps']} (adaptive)"
-    lines = [f"attribution: {n_traces} traces x {tokens} tokens x {points} IG points"]
-    if not trains:
-        return lines
-    roles = data is None or (made[data]["roles"] if data in made else not data.exists() or has_planted_roles(data))
-    modes = [m for m in cfg.modes if m != "oracle" or roles]  # oracle needs planted roles (skipped on real data)
-    n_bases = 1 if cfg.base_model else len(cfg.base_seeds)  # the testbed trains one base model per base seed
-    if not cfg.base_model:
-        base_epochs = (_defaults(TrainConfig) | cfg.base_train)["epochs"]
-        lines.append(f"base models: {n_bases} x {cfg.n_base} traces ({cfg.base_synth}) x {base_epochs} epochs, "
-                     f"from scratch")
-    n_models = len(modes) * len(cfg.seeds) * n_bases
-    total = f" = ~{n_models * n_traces * per_trace * tr['epochs']:,.0f} tokens" if per_trace else ""
-    lines.append(f"training: {n_models} models x {n_traces} traces x {tokens} tokens x {tr['epochs']} epochs{total} "
-                 f"(max length {tr['max_length'] or 'auto'})")
-    per_model, missing = 0, []
-    for b in map(Path, cfg.benchmarks or []):
-        if b.exists() or b in made:
-            n = min(made[b]["n"] if b in made else _count(b)[0], cfg.n_eval or 10 ** 9)
-            per_model += n * cfg.samples.get(b.stem, ev["n"]) * ev["max_new_tokens"]
-        else:
-            missing.append(f"{b.stem}: ? problems x {cfg.samples.get(b.stem, ev['n'])} x {ev['max_new_tokens']}")
-    if not cfg.benchmarks:
-        per_model = min(cfg.n_test, cfg.n_eval or cfg.n_test) * ev["n"] * ev["max_new_tokens"]
-    lines.append(f"generation: {n_models + n_bases} models x " + " + ".join(
-        ([f"<= {per_model:,} tokens"] if per_model else []) + [f"({m})" for m in missing])
-                 + f", engine {ev.get('engine', 'hf')}")
-    return lines
-
-
-def check_params(path, notebooks, workdir: Path | None = None) -> str:
-    """Validate a parameter file without running anything: every parameter known to its notebook and to
-    ``PipelineConfig`` (stage options included), every file present (or made by ``make_data``), every model
-    loadable here. Returns the estimate of the work per run; raises ``CheckError`` listing what is missing."""
-    from .config import config_from
-    from .synth import SynthConfig
-
-    spec, runs = load_params(path, notebooks, workdir)
-    made = {p: {"n": _defaults(SynthConfig)["n"], "roles": False} | o for p, o in data_to_make(spec).items()}
-    problems, lines, lines_seen = [], [], set()
-    for run in runs:
-        cfg = config_from(run.given, notebook=True)
-        for f in [cfg.train_data] + list(cfg.benchmarks or []):
-            if f and not Path(f).exists() and Path(f) not in made:
-                problems.append(f"file {f} is missing: see data/README.md for how to bring it")
-        for key in ("base_model", "attributor"):
-            why = model_problem(getattr(cfg, key))
-            if why:
-                problems.append(f"{key}: {why}")
-        trains = "compare_modes(" in run.notebook.read_text()  # the notebook that fine-tunes and evaluates
-        new = [line for line in estimate(cfg, made, trains) if line not in lines_seen]
-        lines_seen.update(new)
-        lines += [f"{run.name}:"] + [f"  {line}" for line in new or ["(no new work: cached by the runs above)"]]
-    problems = list(dict.fromkeys(problems))
-    report = "\n".join(lines)
-    if problems:
-        raise CheckError(f"{path}: {len(problems)} problem(s):\n" + "\n".join(problems) + "\nestimate:\n" + report)
-    return f"{path}: every parameter, file and model is in place\n{report}"

@@ -1,4 +1,4 @@
-"""The text around a trace: the user turn, the answer string, and where the answer tokens are.
+"""The text around a trace: the user turn, the answer string, and where the segments' and answer's tokens are.
 
 Shared by attribution (prompt + trace + answer), training (prompt + trace + answer) and evaluation (prompt, then
 generate), so every stage sees the model's input exactly the same way: the three parts are tokenized separately and
@@ -12,10 +12,11 @@ Imports no torch at module level (``assemble`` does, when called): the command l
 """
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 from typing import Sequence
 
-from .segment import char_spans, token_spans
+Span = tuple[int, int]  # half-open [start, end)
 
 PROMPT_SUFFIX = "\nPlease reason step by step, and put your final answer within \\boxed{}."
 ANSWER_TEMPLATE = "</think> So, the final answer is \\boxed{ANSWER}"
@@ -60,6 +61,51 @@ def encode_answer(tokenizer, answer, template: str = ANSWER_TEMPLATE) -> tuple[l
     return ids, (inside[0], inside[-1] + 1)
 
 
+def char_spans(segments: Sequence[str]) -> list[Span]:
+    """Character span of every segment inside ``"".join(segments)``."""
+    spans, start = [], 0
+    for s in segments:
+        spans.append((start, start + len(s)))
+        start += len(s)
+    return spans
+
+
+def token_spans(offsets: Sequence[Span], spans: Sequence[Span]) -> list[Span]:
+    """Map character spans to token spans through a tokenizer's offset mapping.
+
+    ``offsets[i]`` is the character span of token ``i`` in the text exactly as it was tokenized. A token belongs to
+    the segment in which it starts (so a token straddling a boundary is counted once, in the earlier segment);
+    tokens without characters (offset ``(0, 0)`` after the first position, e.g. special tokens) follow the
+    previous token. Returns contiguous half-open token ranges, one per span, covering all tokens.
+    """
+    starts = [s for s, _ in spans]
+    owner, prev = [], 0
+    for i, (a, b) in enumerate(offsets):
+        if a == b and i > 0:  # zero-width token
+            owner.append(prev)
+            continue
+        prev = max(bisect.bisect_right(starts, a) - 1, 0)
+        # empty segments share a start with the next one: bisect_right picks the last, which is the non-empty one
+        owner.append(prev)
+    # owners are non-decreasing for monotone offsets; make them so anyway for odd tokenizers (byte-fallback overlaps)
+    for i in range(1, len(owner)):
+        owner[i] = max(owner[i], owner[i - 1])
+    result, t = [], 0
+    for k in range(len(spans)):
+        t0 = t
+        while t < len(owner) and owner[t] == k:
+            t += 1
+        result.append((t0, t))
+    return result
+
+
+def encode_segments(tokenizer, segments: Sequence[str]) -> tuple[list[int], list[Span], list[Span]]:
+    """The trace ``"".join(segments)`` tokenized on its own: ids, character offsets and every segment's token range
+    (``token_spans``)."""
+    ids, offsets = encode(tokenizer, "".join(segments))
+    return ids, offsets, token_spans(offsets, char_spans(segments))
+
+
 @dataclass
 class Assembled:
     """One model input: ids ``(T,)`` and where the trace, its segments and the answer target lie in it."""
@@ -81,13 +127,12 @@ def assemble(tokenizer, question: str, segments: Sequence[str], answer, answer_t
     if not trace.strip():
         raise ValueError("empty solution: nothing to attribute")
     prompt_ids, _ = encode(tokenizer, format_prompt(tokenizer, question))
-    trace_ids, offsets = encode(tokenizer, trace)
+    trace_ids, offsets, spans = encode_segments(tokenizer, segments)
     answer_ids, (first, end) = encode_answer(tokenizer, answer, answer_template)
     t0 = len(prompt_ids)
     base = t0 + len(trace_ids)
     starts = [s for s, _ in offsets] + [len(trace)]
     pieces_flat = [trace[starts[i]:starts[i + 1]] if i else trace[:starts[1]] for i in range(len(offsets))]
-    spans = token_spans(offsets, char_spans(segments))
     return Assembled(
         input_ids=torch.tensor(prompt_ids + trace_ids + answer_ids),
         trace=(t0, base),

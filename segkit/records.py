@@ -13,13 +13,16 @@ import codecs
 import hashlib
 import json
 import logging
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, TextIO
 
-from .fields import describe, problem
-from .outputs import OutputError, atomic_write, check_output, write_json  # noqa: F401 (re-exported)
+from .fields import describe, field_error
+from .outputs import (OutputError, atomic_write, building_folder, check_output, check_resume,  # noqa: F401
+                      locked_append, named_write_errors, options_path, to_line, written, write_json)
 
 log = logging.getLogger("segkit")
 ON_ERROR = ("stop", "skip")  # what a stage does at a bad record: stop naming file:line, or report it and go on
@@ -58,14 +61,39 @@ def dump(records: Iterable[dict], path) -> Path:
     """Write records to ``path`` atomically (a temporary file, then a rename)."""
     with atomic_write(path) as f:
         for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            f.write(to_line(r))
     return Path(path)
-
-
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # reading
+
+_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")  # an escaped UTF-16 surrogate: a lone one has no UTF-8 form
+
+
+def _finite(text: str) -> float:
+    """json's ``parse_float``/``parse_constant``: a number too large for a float (``1e400``) or JSON's missing
+    ``NaN``/``Infinity`` would be written back as ``Infinity``, which no strict JSON reader takes."""
+    x = float(text)
+    if not math.isfinite(x):
+        raise ValueError(f"the number {text} is not finite (JSON has no NaN or Infinity)")
+    return x
+
+
+def _lone_surrogate(rec: dict) -> str | None:
+    """Where ``rec`` holds a lone UTF-16 surrogate (``"\\ud800"``), or None."""
+    try:
+        json.dumps(rec, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"a lone UTF-16 surrogate (\\u{ord(e.object[e.start]):04x}) that is not text"
+    return None
+
+
+def _repeat_message(key: str, first: int, same: bool) -> str:
+    if same:  # one record twice (two runs appended to one file, a copy pasted twice): renaming would keep both
+        return f"repeats line {first} exactly (id {key!r}): one record twice; delete the copy"
+    return (f"duplicate id {key!r} (first at line {first}); give every record its own id (--unique-ids suffix "
+            f"renames repeats, for distinct records that share an id; not for copies of one record)")
 
 
 def iter_jsonl(path, dedupe_ids: str = "stop") -> Iterator[tuple[int, dict | RecordError]]:
@@ -78,7 +106,7 @@ def iter_jsonl(path, dedupe_ids: str = "stop") -> Iterator[tuple[int, dict | Rec
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
-    seen: dict[str, int] = {}
+    seen: dict[str, tuple[int, bytes]] = {}  # id -> (line, digest of the line): a repeat may be a copy
     with path.open("rb") as f:  # binary, so that one undecodable line is that line's error only
         for n, raw in enumerate(f, 1):
             if n == 1 and raw.startswith(codecs.BOM_UTF8):
@@ -91,9 +119,16 @@ def iter_jsonl(path, dedupe_ids: str = "stop") -> Iterator[tuple[int, dict | Rec
             if not line.strip():
                 continue
             try:
-                rec = json.loads(line)
+                rec = json.loads(line, parse_float=_finite, parse_constant=_finite)
             except json.JSONDecodeError as e:
                 yield n, RecordError(path, n, f"not JSON ({e.msg} at column {e.colno})")
+                continue
+            except ValueError as e:  # a non-finite number, an integer of more digits than Python converts
+                yield n, RecordError(path, n, f"not strict JSON: {e}")
+                continue
+            surrogate = isinstance(rec, dict) and _SURROGATE.search(raw) and _lone_surrogate(rec)
+            if surrogate:
+                yield n, RecordError(path, n, f"holds {surrogate}")
                 continue
             if not isinstance(rec, dict):
                 yield n, RecordError(path, n, f"expected a JSON object, got {describe(rec)}")
@@ -103,17 +138,17 @@ def iter_jsonl(path, dedupe_ids: str = "stop") -> Iterator[tuple[int, dict | Rec
                 yield n, RecordError(path, n, f"field 'id': expected a non-empty string or integer, "
                                               f"got {describe(rid)}")
                 continue
-            key = str(rid)
+            key, digest = str(rid), hashlib.sha1(raw.strip()).digest()
             if key in seen:
-                if dedupe_ids == "stop":
-                    yield n, RecordError(path, n, f"duplicate id {key!r} (first at line {seen[key]}); give every "
-                                                  f"record its own id (--unique-ids suffix renames repeats)")
+                first, same = seen[key][0], seen[key][1] == digest
+                if dedupe_ids == "stop" or same:
+                    yield n, RecordError(path, n, _repeat_message(key, first, same))
                     continue
                 k = 2
                 while f"{key}#{k}" in seen:
                     k += 1
                 key = rec["id"] = f"{key}#{k}"
-            seen[key] = n
+            seen[key] = (n, digest)
             yield n, rec
 
 
@@ -132,13 +167,14 @@ def load(path, dedupe_ids: str = "stop") -> list[dict]:
 def require(rec: dict, fields: Iterable[str], path, line: int) -> None:
     """RecordError (``path:line: field 'answer': expected ..., got null``) unless every one of ``fields`` is in
     ``rec`` with the type ``segkit.fields.FIELDS`` gives it."""
-    message = problem(rec, fields)
+    message = field_error(rec, fields)
     if message:
         raise RecordError(path, line, message)
 
 
-def finished_ids(path) -> list[str]:
-    """Ids of the complete records already in ``path``; a torn last line (interrupted write) is cut off."""
+def finished_ids(path, cut: bool = False) -> list[str]:
+    """Ids of the complete records already in ``path``; a torn last line (interrupted write) is not counted, and
+    with ``cut`` cut off (only by the process that holds ``path``'s lock: for another it is a line in progress)."""
     path = Path(path)
     if not path.exists():
         return []
@@ -153,7 +189,7 @@ def finished_ids(path) -> list[str]:
                 raise RecordError(path, n, "output file holds a line that is not a record; "
                                   "move it away or pass --overwrite") from None
             good_bytes += len(raw)
-    if good_bytes < path.stat().st_size:
+    if cut and good_bytes < path.stat().st_size:
         log.warning("%s: dropping an incomplete last line left by an interrupted run", path)
         with path.open("r+b") as f:
             f.truncate(good_bytes)
@@ -199,23 +235,6 @@ def _marker_path(shard: Path) -> Path:
     return shard.with_name(shard.name + ".skipped")
 
 
-def _options_path(out: Path) -> Path:
-    return out.with_name(out.name + ".options.json")
-
-
-def check_resume(out, options: dict | None) -> None:
-    """OutputError (one line) when ``out`` holds records made with other ``options`` than these: resuming would mix
-    them into one file. ``OUT.options.json`` records the options of the run that wrote OUT."""
-    out, path = Path(out), _options_path(Path(out))
-    if options is None or not path.exists() or not (out.exists() or list(out.parent.glob(f"{out.stem}.rank*"))):
-        return
-    had, wanted = json.loads(path.read_text()), json.loads(json.dumps(options, default=str))
-    changed = sorted(k for k in set(had) | set(wanted) if had.get(k) != wanted.get(k))
-    if changed:
-        raise OutputError(f"{out}: holds records made with other options ({', '.join(changed)}); resuming would "
-                          "mix them: pass --overwrite or another output path")
-
-
 def run_stage(fn: Callable[[dict], dict], src, out, *, required=("question", "solution", "answer"),
               on_error: str = "stop", overwrite: bool = False, progress: bool = True, desc: str = "",
               world: tuple[int, int] | None = None, dedupe_ids: str = "stop",
@@ -235,18 +254,29 @@ def run_stage(fn: Callable[[dict], dict], src, out, *, required=("question", "so
     died is simply relaunched: it skips what its shard already holds. With ``overwrite`` each rank empties only
     its own shard, and only shards finished in this launch are merged.
 
-    ``options`` (what determines the records, e.g. the model and IG settings) are saved beside OUT; a resume with
-    other options is refused (``check_resume``) instead of mixing records of two settings in one file.
+    ``options`` (what determines the records, e.g. the model and IG settings; ``stage`` defaults to ``desc``) are
+    saved beside OUT; a resume is only ever onto OUT written with the same ones (``check_resume``): a file this
+    stage did not write, or wrote with other options, is refused untouched. The file appended to is locked
+    (``outputs.locked_append``), so a second process on it stops at once.
     """
     rank, n_ranks = world or rank_world()
     src, out = Path(src), check_output(out, src)
     if not src.exists():
         raise FileNotFoundError(f"{src}: no such file")
+    if next(iter_jsonl(src, dedupe_ids), None) is None:  # an empty OUT and exit 0 would look like work done
+        raise ValueError(f"{src}: holds no records (empty, or blank lines only)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    if options is not None and not (overwrite and n_ranks == 1):  # a single-rank overwrite saves them at the end
-        if not overwrite:
-            check_resume(out, options)
-        write_json(json.loads(json.dumps(options, default=str)), _options_path(out))
+    # an appending run always records what made OUT; a rewriting stage (segment, select) only when it is asked to
+    keep, options = not overwrite or options is not None, {"stage": desc or fn.__name__, **(options or {})}
+    options = json.loads(json.dumps(options, default=str))
+    if not overwrite:
+        check_resume(out, options)  # before anything is created: a file that is not ours stays as it was
+
+    def claim(path: Path) -> None:  # under path's lock: a new OUT is ours from here, with these options
+        if keep and (overwrite or not written(out)):
+            write_json(options, options_path(out))
+        finished_ids(path, cut=True)
+
     args = dict(fn=fn, src=src, required=required, on_error=on_error, progress=progress, dedupe_ids=dedupe_ids)
     if n_ranks == 1:
         if overwrite:
@@ -254,18 +284,17 @@ def run_stage(fn: Callable[[dict], dict], src, out, *, required=("question", "so
             with atomic_write(out) as f:
                 result = _run(f, set(), lambda rec: True, desc=desc or fn.__name__, **args)
             PROGRESS.rewriting = False
-            if options is not None:
-                write_json(json.loads(json.dumps(options, default=str)), _options_path(out))
+            if keep:
+                write_json(options, options_path(out))
             return result
-        done = set(finished_ids(out))
-        with out.open("a", encoding="utf-8") as f:
-            return _run(f, done, lambda rec: True, desc=desc or fn.__name__, **args)
+        with locked_append(out, lambda: claim(out)) as f:
+            return _run(f, set(finished_ids(out)), lambda rec: True, desc=desc or fn.__name__, **args)
     shard = shard_path(out, rank, n_ranks)
     if overwrite:  # this rank's files only: the others may be reading theirs, and OUT is replaced by the merge
         shard.unlink(missing_ok=True)
         _marker_path(shard).unlink(missing_ok=True)
-    done = set(finished_ids(shard)) | (set() if overwrite else set(finished_ids(out)))
-    with shard.open("a", encoding="utf-8") as f:
+    with locked_append(shard, lambda: claim(shard)) as f:  # every rank writes the same options
+        done = set(finished_ids(shard)) | (set() if overwrite else set(finished_ids(out)))
         result = _run(f, done, lambda rec: owner(rec["id"], n_ranks) == rank, desc=desc or f"rank {rank}", **args)
     with atomic_write(_marker_path(shard)) as f:
         json.dump({"launch": launch_id(), "skipped": result.skipped_ids}, f)
@@ -323,15 +352,16 @@ def _run(f: TextIO, done: set, mine: Callable[[dict], bool], *, fn, src: Path, r
                 if isinstance(rec, RecordError):
                     raise rec
                 require(rec, required, src, n)
-                new = fn(rec)
+                line = to_line(fn(rec))  # a NaN the stage computed is this record's error, not a broken OUT
             except RecordError as e:
                 err = e
             except Exception as e:  # any failure on one record is that record's: named, and skippable
                 err = RecordError(src, n, str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}")
                 err.__cause__ = e
             else:
-                f.write(json.dumps(new, ensure_ascii=False) + "\n")
-                f.flush()
+                with named_write_errors(f.name):
+                    f.write(line)
+                    f.flush()
                 result.done += 1
                 PROGRESS.done += 1
                 continue

@@ -83,61 +83,6 @@ def random_selection(n_segments: int, k: int, seed: int | str) -> list[int]:
     return sorted(random.Random(str(seed)).sample(range(n_segments), min(max(k, 0), n_segments)))
 
 
-# the training modes: which segments carry the loss (``segments_for_mode``); 03 compares them all
-MODES = ("full", "selective", "pruned", "random", "strength-only", "perplexity", "entropy", "oracle")
-
-
-def segments_of(record: dict, keywords="paper") -> list[str]:
-    """The record's segments: its ``segments`` field if the segment stage ran, else the solution split here."""
-    from .segment import segment
-
-    if "segments" in record:
-        return list(record["segments"])
-    if "solution" not in record:
-        raise ValueError("record has neither 'segments' nor 'solution'")
-    return segment(record["solution"], keywords)
-
-
-def _field(record: dict, name: str, mode: str, hint: str):
-    if name not in record:
-        raise ValueError(f"mode {mode!r} needs the record field {name!r} ({hint}); record {record.get('id')!r} "
-                         f"lacks it")
-    return record[name]
-
-
-def segments_for_mode(record: dict, mode: str, seed: int = 0, tau: float = TAU, keywords="paper") -> list[int]:
-    """Sorted indices of the segments ``mode`` trains, before the always-kept ones are added.
-
-    ``selective``/``pruned``: the record's ``selected_spans_ids``; ``random``, ``perplexity``, ``entropy``: as many
-    segments as the selection took, drawn per trace or the highest by that score; ``strength-only``: the tau rule
-    without beta; ``oracle``: the planted useful roles (``segkit.synth.USEFUL``, synthetic records only).
-    """
-    n = len(segments_of(record, keywords))
-    selected = lambda: _field(record, "selected_spans_ids", mode, "run `segkit select` first")  # noqa: E731
-    if mode == "full":
-        chosen = range(n)
-    elif mode in ("selective", "pruned"):
-        chosen = selected()
-    elif mode == "random":  # as many segments as the selection took in this trace, drawn per trace
-        chosen = random_selection(n, len(selected()), f"{seed}:{record.get('id')}")
-    elif mode == "strength-only":
-        chosen = top_by_cumulative(_field(record, "strength", mode, "run `segkit attribute` first"), tau)
-    elif mode in ("perplexity", "entropy"):
-        name = "segment_log_perplexity" if mode == "perplexity" else "segment_entropy"
-        chosen = top_k(_field(record, name, mode, "run `segkit attribute` first"), len(selected()))
-    elif mode == "oracle":
-        from .synth import USEFUL
-
-        roles = _field(record, "segment_roles", mode, "only synthetic records from `segkit synth` have it")
-        chosen = [i for i, r in enumerate(roles) if r in USEFUL]
-    else:
-        raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
-    chosen = sorted(set(int(i) for i in chosen))
-    if chosen and not 0 <= chosen[0] <= chosen[-1] < n:
-        raise ValueError(f"record {record.get('id')!r}: segment index out of range 0..{n - 1} for mode {mode!r}")
-    return chosen
-
-
 _INPUT, _OUT, _ON_ERROR, _UNIQUE_IDS = stage_options("JSON Lines from `segkit attribute` (with attributions)")
 
 

@@ -10,17 +10,15 @@ Windows line breaks split the same way: a keyword's ``\n`` also matches ``\r\n``
 """
 from __future__ import annotations
 
-import bisect
 import re
 from functools import lru_cache
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from .prompt import Span, char_spans, token_spans  # noqa: F401 (the token-span helpers live in plumbing)
 from .records import stage_options
 
 _INPUT, _OUT, _ON_ERROR, _UNIQUE_IDS = stage_options("JSON Lines with question, solution, answer")
-
-Span = tuple[int, int]  # half-open [start, end)
 
 KEYWORDS: dict[str, tuple[str, ...]] = {
     # the paper's list
@@ -64,42 +62,13 @@ def segment(trace: str, keywords: str | Sequence[str] = "paper") -> list[str]:
     return [parts[0]] + [parts[i] + parts[i + 1] for i in range(1, len(parts), 2)]
 
 
-def char_spans(segments: Sequence[str]) -> list[Span]:
-    """Character span of every segment inside ``"".join(segments)``."""
-    spans, start = [], 0
-    for s in segments:
-        spans.append((start, start + len(s)))
-        start += len(s)
-    return spans
-
-
-def token_spans(offsets: Sequence[Span], spans: Sequence[Span]) -> list[Span]:
-    """Map character spans to token spans through a tokenizer's offset mapping.
-
-    ``offsets[i]`` is the character span of token ``i`` in the text exactly as it was tokenized. A token belongs to
-    the segment in which it starts (so a token straddling a boundary is counted once, in the earlier segment);
-    tokens without characters (offset ``(0, 0)`` after the first position, e.g. special tokens) follow the
-    previous token. Returns contiguous half-open token ranges, one per span, covering all tokens.
-    """
-    starts = [s for s, _ in spans]
-    owner, prev = [], 0
-    for i, (a, b) in enumerate(offsets):
-        if a == b and i > 0:  # zero-width token
-            owner.append(prev)
-            continue
-        prev = max(bisect.bisect_right(starts, a) - 1, 0)
-        # empty segments share a start with the next one: bisect_right picks the last, which is the non-empty one
-        owner.append(prev)
-    # owners are non-decreasing for monotone offsets; make them so anyway for odd tokenizers (byte-fallback overlaps)
-    for i in range(1, len(owner)):
-        owner[i] = max(owner[i], owner[i - 1])
-    result, t = [], 0
-    for k in range(len(spans)):
-        t0 = t
-        while t < len(owner) and owner[t] == k:
-            t += 1
-        result.append((t0, t))
-    return result
+def segments_of(record: dict, keywords: str | Sequence[str] = "paper") -> list[str]:
+    """The record's segments: its ``segments`` field if the segment stage ran, else its solution split here."""
+    if "segments" in record:
+        return list(record["segments"])
+    if "solution" not in record:
+        raise ValueError("record has neither 'segments' nor 'solution'")
+    return segment(record["solution"], keywords)
 
 
 @dataclass

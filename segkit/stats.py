@@ -5,7 +5,9 @@ problem, base model and fine-tuning seed. Fine-tuning seeds are averaged per (ba
 then resamples base models and, within each, problems (a two-level bootstrap), so an interval covers the problems
 drawn, the fine-tuning seeds and the base model. With one base model it is the ordinary bootstrap over problems.
 Comparisons are paired: a difference is taken per (base model, problem) before resampling, so what two modes share
-(the problem's difficulty, the base model) cancels.
+(the problem's difficulty, the base model) cancels. Where the claim is about base models (does a method help a base
+model?), ``base_model_difference`` takes the base model as the unit (a t interval over base-model means), ``holm``
+corrects a family of such comparisons, and ``verdict_word`` / ``family_verdicts`` say what each interval allows.
 
     >>> rows = [{"problem": p, "mode": m, "length": 40 + p - 10 * (m == "oracle")}
     ...         for p in range(20) for m in ("full", "oracle")]
@@ -15,6 +17,8 @@ Comparisons are paired: a difference is taken per (base model, problem) before r
     {'diff': -10.0, 'ci_low': -10.0, 'ci_high': -10.0}
     >>> roc_auc([0.9, 0.1, 0.5], [True, False, True])
     1.0
+    >>> verdict_word(-0.01, 0.02, margin=0.05), verdict_word(0.01, 0.02)
+    ('equivalent within 0.05', 'higher')
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ LEVEL = 0.95
 
 def percentile_interval(estimates: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
     """The central ``level`` share of bootstrap estimates (the percentile interval)."""
-    lo, hi = np.percentile(estimates, [50 * (1 - level), 50 * (1 + level)])
+    lo, hi = np.percentile(estimates, [50 - 50 * level, 50 + 50 * level])  # exactly [2.5, 97.5] at 95%
     return float(lo), float(hi)
 
 
@@ -43,10 +47,11 @@ def bootstrap_mean_ci(values: Sequence[float], n_resamples: int = N_RESAMPLES, s
     return (float(v.mean()), *percentile_interval(v[idx].mean(axis=1), level))
 
 
-def hierarchical_mean_ci(matrix: np.ndarray, n_resamples: int = N_RESAMPLES, seed: int = 0,
-                         level: float = LEVEL) -> tuple[float, float, float]:
-    """``(mean, ci_low, ci_high)`` for ``matrix`` of shape (base models, problems): each resample draws base models
-    with replacement, then, for each drawn base model, problems with replacement."""
+def hierarchical_resample_means(matrix: np.ndarray, n_resamples: int = N_RESAMPLES, seed: int = 0) -> np.ndarray:
+    """The ``(n_resamples,)`` bootstrap means of ``matrix`` of shape (base models, problems): each resample draws
+    base models with replacement, then, for each drawn base model, problems with replacement. The draws depend only
+    on the shape and ``seed``, so matrices of one shape resampled with one seed are resampled alike (a ratio of two
+    means can be read per resample)."""
     m = np.asarray(matrix, dtype=float)
     if m.ndim != 2 or m.size == 0:
         raise ValueError(f"need a non-empty (base models, problems) matrix, got shape {m.shape}")
@@ -54,8 +59,15 @@ def hierarchical_mean_ci(matrix: np.ndarray, n_resamples: int = N_RESAMPLES, see
     rng = np.random.default_rng(seed)
     bases = rng.integers(0, n_base, size=(n_resamples, n_base))               # (R, B)
     problems = rng.integers(0, n_prob, size=(n_resamples, n_base, n_prob))    # (R, B, P)
-    estimates = m[bases[:, :, None], problems].mean(axis=(1, 2))              # (R,)
-    return (float(m.mean()), *percentile_interval(estimates, level))
+    return m[bases[:, :, None], problems].mean(axis=(1, 2))                   # (R,)
+
+
+def hierarchical_mean_ci(matrix: np.ndarray, n_resamples: int = N_RESAMPLES, seed: int = 0,
+                         level: float = LEVEL) -> tuple[float, float, float]:
+    """``(mean, ci_low, ci_high)`` for ``matrix`` of shape (base models, problems), by the two-level bootstrap
+    (``hierarchical_resample_means``)."""
+    estimates = hierarchical_resample_means(matrix, n_resamples, seed)
+    return (float(np.mean(matrix)), *percentile_interval(estimates, level))
 
 
 def per_problem_matrix(rows: Iterable[dict], mode: str, metric: str) -> tuple[np.ndarray, list, list]:
@@ -83,15 +95,21 @@ def mean_ci(rows: Sequence[dict], mode: str, metric: str, n_resamples: int = N_R
     return {"mean": mean, "ci_low": lo, "ci_high": hi}
 
 
-def paired_difference(rows: Sequence[dict], mode: str, vs: str, metric: str, n_resamples: int = N_RESAMPLES,
-                      seed: int = 0, level: float = LEVEL) -> dict:
-    """``{"diff", "ci_low", "ci_high"}``: ``mode`` minus ``vs`` on ``metric``, differenced per (base seed,
-    problem) and bootstrapped at both levels. Both modes must cover the same base seeds and problems."""
+def difference_matrix(rows: Sequence[dict], mode: str, vs: str, metric: str) -> np.ndarray:
+    """``mode`` minus ``vs`` on ``metric`` per (base seed, problem) (``per_problem_matrix``); both modes must cover
+    the same base seeds and problems."""
     a, bases_a, probs_a = per_problem_matrix(rows, mode, metric)
     b, bases_b, probs_b = per_problem_matrix(rows, vs, metric)
     if bases_a != bases_b or probs_a != probs_b:
         raise ValueError(f"{mode!r} and {vs!r} were not evaluated on the same base seeds and problems")
-    diff, lo, hi = hierarchical_mean_ci(a - b, n_resamples, seed, level)
+    return a - b
+
+
+def paired_difference(rows: Sequence[dict], mode: str, vs: str, metric: str, n_resamples: int = N_RESAMPLES,
+                      seed: int = 0, level: float = LEVEL) -> dict:
+    """``{"diff", "ci_low", "ci_high"}``: ``mode`` minus ``vs`` on ``metric``, differenced per (base seed,
+    problem) and bootstrapped at both levels. Both modes must cover the same base seeds and problems."""
+    diff, lo, hi = hierarchical_mean_ci(difference_matrix(rows, mode, vs, metric), n_resamples, seed, level)
     return {"diff": diff, "ci_low": lo, "ci_high": hi}
 
 
@@ -122,6 +140,17 @@ def auc_ci(traces: Sequence[tuple[Sequence[float], Sequence[bool]]], n_resamples
 
     All resamples at once: a resample weights each segment by how often its trace was drawn, and the weighted
     Mann-Whitney count is read off cumulative sums over the segments sorted by score (ties count one half)."""
+    auc, estimates, labels = auc_resamples(traces, n_resamples, seed)
+    estimates = estimates[~np.isnan(estimates)]
+    lo, hi = percentile_interval(estimates, level) if estimates.size else (float("nan"), float("nan"))
+    return {"auc": auc, "ci_low": lo, "ci_high": hi, "n_pos": int(labels.sum()), "n_neg": int((~labels).sum())}
+
+
+def auc_resamples(traces: Sequence[tuple[Sequence[float], Sequence[bool]]], n_resamples: int = N_RESAMPLES,
+                  seed: int = 0) -> tuple[float, np.ndarray, np.ndarray]:
+    """``(pooled AUC, (n_resamples,) bootstrap AUCs, pooled labels)`` for ``auc_ci``; a resample with a single class
+    is NaN. The draws depend only on the number of traces and ``seed``, so two scores of the same traces are
+    resampled alike and their AUCs can be differenced per resample (a paired interval)."""
     if not traces:
         raise ValueError("no traces")
     scores = np.concatenate([np.asarray(s, dtype=float) for s, _ in traces])
@@ -137,10 +166,9 @@ def auc_ci(traces: Sequence[tuple[Sequence[float], Sequence[bool]]], n_resamples
     pos_g, neg_g = np.add.reduceat(pos, starts, axis=1), np.add.reduceat(neg, starts, axis=1)       # (R, groups)
     below = np.cumsum(neg_g, axis=1) - neg_g
     pairs = pos.sum(axis=1) * neg.sum(axis=1)
-    ok = pairs > 0
-    estimates = ((pos_g * (below + 0.5 * neg_g)).sum(axis=1)[ok] / pairs[ok])
-    lo, hi = percentile_interval(estimates, level) if estimates.size else (float("nan"), float("nan"))
-    return {"auc": auc, "ci_low": lo, "ci_high": hi, "n_pos": int(labels.sum()), "n_neg": int((~labels).sum())}
+    with np.errstate(invalid="ignore", divide="ignore"):  # a resample with one class: 0 / 0, NaN
+        estimates = (pos_g * (below + 0.5 * neg_g)).sum(axis=1) / np.where(pairs > 0, pairs, np.nan)
+    return auc, estimates, labels
 
 
 # how a difference reads: the word when the interval lies above or below zero, per metric
@@ -149,18 +177,20 @@ UNITS = {"accuracy": "", "mean_length": " tokens"}
 
 
 def describe_difference(d: dict) -> str:
-    """``"accuracy +0.030 [-0.010, +0.070], no difference"`` for one row of a differences table."""
+    """``"accuracy +0.030 [-0.010, +0.070], not detected"`` for one row of a differences table."""
     metric = d["metric"]
+    if any(d[k] != d[k] for k in ("diff", "ci_low", "ci_high")):  # NaN: a difference over nothing
+        return f"{metric.replace('_', ' ')} missing (nothing to compare)"
     up, down = DIRECTION.get(metric, ("higher", "lower"))
     fmt = "{:+.3f}" if metric == "accuracy" else "{:+.1f}"
-    word = up if d["ci_low"] > 0 else down if d["ci_high"] < 0 else "no difference"
+    word = up if d["ci_low"] > 0 else down if d["ci_high"] < 0 else "not detected"
     return (f"{metric.replace('_', ' ')} {fmt.format(d['diff'])} [{fmt.format(d['ci_low'])}, "
             f"{fmt.format(d['ci_high'])}]{UNITS.get(metric, '')}, {word}")
 
 
 def verdict(differences: Sequence[dict], mode: str = "selective", level: float = LEVEL) -> str:
     """One sentence per comparison of ``mode`` in ``differences`` (rows ``{"mode", "vs", "metric", "diff",
-    "ci_low", "ci_high"}``), e.g. ``"selective vs full: accuracy +0.030 [-0.010, +0.070], no difference; mean
+    "ci_low", "ci_high"}``), e.g. ``"selective vs full: accuracy +0.030 [-0.010, +0.070], not detected; mean
     length -12.0 [-18.0, -6.0] tokens, shorter."``, joined; the words come from where each interval lies."""
     by_vs: dict[str, list[dict]] = {}
     for d in differences:
@@ -171,3 +201,67 @@ def verdict(differences: Sequence[dict], mode: str = "selective", level: float =
     head = f"({level:.0%} intervals) "
     return head + " ".join(f"{mode} vs {vs}: " + "; ".join(describe_difference(d) for d in ds) + "."
                            for vs, ds in by_vs.items())
+
+
+# Comparisons whose unit is the base model. The two-level bootstrap above resamples base models, but with the 2-5
+# base models a run trains, a percentile interval has few distinct resamples to draw on and no small-sample
+# correction, so it comes out too narrow. The t interval over base-model means (B - 1 degrees of freedom) is the
+# textbook interval for the mean of B cluster means: wide when B is small, as the evidence is. Problems enter
+# through each base model's mean, so their number narrows nothing beyond what the base models agree on.
+# scipy.stats and statsmodels are imported on use: each takes most of a second to import.
+
+def base_model_difference(rows: Sequence[dict], mode: str, vs: str, metric: str, level: float = LEVEL) -> dict:
+    """``{"diff", "ci_low", "ci_high", "p_value", "n_base"}``: ``mode`` minus ``vs`` on ``metric``, differenced per
+    (base seed, problem), averaged over problems per base model, then a t interval and two-sided p-value over the
+    base-model means (``scipy.stats.ttest_1samp``). NaN interval and p with fewer than 2 base models."""
+    from scipy import stats as st
+
+    a, bases_a, probs_a = per_problem_matrix(rows, mode, metric)
+    b, bases_b, probs_b = per_problem_matrix(rows, vs, metric)
+    if bases_a != bases_b or probs_a != probs_b:
+        raise ValueError(f"{mode!r} and {vs!r} were not evaluated on the same base seeds and problems")
+    means = (a - b).mean(axis=1)                                    # (base models,)
+    out = {"diff": float(means.mean()), "ci_low": float("nan"), "ci_high": float("nan"), "p_value": float("nan"),
+           "n_base": len(means)}
+    if len(means) > 1:
+        if np.ptp(means) == 0:  # every base model agrees exactly: no spread to test against
+            return {**out, "ci_low": out["diff"], "ci_high": out["diff"], "p_value": float(out["diff"] == 0)}
+        test = st.ttest_1samp(means, 0.0)
+        ci = test.confidence_interval(level)
+        out |= {"ci_low": float(ci.low), "ci_high": float(ci.high), "p_value": float(test.pvalue)}
+    return out
+
+
+def holm(p_values: Sequence[float], alpha: float = 1 - LEVEL) -> tuple[list[bool], list[float]]:
+    """``(rejected, adjusted p-values)`` for a family of comparisons, Holm's step-down correction
+    (``statsmodels.stats.multitest.multipletests``): the family-wise error stays below ``alpha``."""
+    from statsmodels.stats.multitest import multipletests
+
+    reject, adjusted, _, _ = multipletests(np.asarray(p_values, dtype=float), alpha=alpha, method="holm")
+    return [bool(r) for r in reject], [float(p) for p in adjusted]
+
+
+def verdict_word(ci_low: float, ci_high: float, margin: float | None = None) -> str:
+    """What an interval of a difference allows one to say: ``"equivalent within M"`` when the stated margin ``M``
+    contains the whole interval (checked first: it is the claim made in advance), else ``"not detected"`` when it
+    contains 0, else ``"higher"`` or ``"lower"``. A NaN bound says ``"not detected"``."""
+    if margin is not None and -margin <= ci_low and ci_high <= margin:
+        return f"equivalent within {margin:g}"
+    if not ci_low > 0 and not ci_high < 0:
+        return "not detected"
+    return "higher" if ci_low > 0 else "lower"
+
+
+def family_verdicts(rows: Sequence[dict], comparisons: Sequence[tuple[str, str]], metric: str,
+                    margin: float | None = None, level: float = LEVEL) -> list[dict]:
+    """One ``base_model_difference`` row per ``(mode, vs)`` in ``comparisons``, with ``p_holm`` (Holm over the
+    family) and ``verdict`` (``verdict_word``); a difference Holm does not reject reads ``"not detected"`` even
+    where its own interval excludes 0, so the words hold for the family, not one comparison at a time."""
+    out = [{"mode": m, "vs": v, "metric": metric, **base_model_difference(rows, m, v, metric, level)}
+           for m, v in comparisons]
+    p = [d["p_value"] for d in out]
+    reject, adjusted = holm([1.0 if x != x else x for x in p], 1 - level)  # an untestable p (NaN) never rejects
+    for d, r, adj in zip(out, reject, adjusted):
+        word = verdict_word(d["ci_low"], d["ci_high"], margin)
+        d |= {"p_holm": adj, "verdict": "not detected" if word in ("higher", "lower") and not r else word}
+    return out

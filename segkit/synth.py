@@ -14,6 +14,10 @@ takes the first step, then segments opened by the paper's reflection keywords, e
 ``style="concise"`` writes only the useful path (first step, core/correction steps, final): no redundant segments, as
 a base model's short training traces; ``style="long"`` (the default) adds the redundant ones a reasoning model rambles.
 
+``roles="functional"`` writes every segment in one derivation template, so that length, keywords, position and words
+do not give a role away, and reads the roles off what the answer depends on (``segkit.synth_functional``); the
+default ``roles="worded"`` gives each role its own wording, as above.
+
 ``segment_roles`` lines up one-to-one with ``segkit.segment.segment(solution)``; useful segments are those whose
 role is in ``USEFUL``. Train and test problems are split by a hash of the question, so they never share a problem.
 
@@ -28,13 +32,13 @@ from dataclasses import dataclass, field
 
 from .records import dump
 from .segment import segment
+from .synth_functional import OPS, functional_trace
 
-ROLES = ("core", "verify", "correction", "repeat", "truncated", "distractor", "final")
-USEFUL = frozenset({"core", "verify", "correction"})
+from .roles import ROLES, USEFUL  # noqa: F401 (the vocabulary is shared: segkit.roles)
 REDUNDANT = ("verify", "repeat", "truncated", "distractor")  # drawn between steps (verify: useful, yet redundant)
 NAMES = tuple("bcdfghjkmnpqrstvwxyz")  # single letters that never stand for a word in the templates (no a, i, o...)
 STYLES = ("long", "concise")
-OPS = {"+": lambda x, y, m: (x + y) % m, "-": lambda x, y, m: (x - y) % m, "*": lambda x, y, m: (x * y) % m}
+ROLE_DESIGNS = ("worded", "functional")  # how a role shows: its own wording, or only what the answer reads
 
 # every segment after the first opens with one of the paper's keywords (segment.KEYWORDS["paper"]); the opener is
 # drawn independently of the role, so the keyword alone does not give the role away
@@ -99,6 +103,10 @@ class SynthConfig:
     style: str = field(default="long", metadata={"choices": list(STYLES),
                                                  "help": "long: redundant segments between steps; concise: none "
                                                          "(the useful path only)"})
+    roles: str = field(default="worded", metadata={
+        "choices": list(ROLE_DESIGNS),
+        "help": "worded: each role has its own wording; functional: every segment is one derivation template and "
+                "only whether the answer reads it tells useful from redundant (segkit.synth_functional)"})
     restate_answer: float = field(default=1.0, metadata={
         "help": "share of traces whose final segment states the answer value and \\boxed{} (1: every trace; 0: "
                 "none, the final segment concludes without the value; between: drawn per trace)"})
@@ -221,15 +229,19 @@ def make_trace(rng: random.Random, p: Problem, cfg: SynthConfig, mix: dict[str, 
         roles.append(role)
         done.append(name)
     redundant(None)
+    segments.append(final_segment(rng, p, cfg))
+    roles.append("final")
+    return "".join(segments), roles
+
+
+def final_segment(rng: random.Random, p: Problem, cfg: SynthConfig) -> str:
+    """The last segment: the answer restated in \\boxed{} or, for a share ``1 - restate_answer`` of traces, not."""
     ans = p.variables[p.target].value
     # drawn only for a share strictly between 0 and 1, so the all-or-none files keep the same random stream
     restate = cfg.restate_answer >= 1 or (cfg.restate_answer > 0 and rng.random() < cfg.restate_answer)
     if restate:
-        segments.append(f"\n\nGoing back, {p.target} = {ans}. So, the final answer is \\boxed{{{ans}}}.")
-    else:  # the same opener, no value: the answer string after the trace must take it from the steps
-        segments.append(f"\n\nGoing back, that gives {p.target}, which is what was asked.")
-    roles.append("final")
-    return "".join(segments), roles
+        return f"\n\nGoing back, {p.target} = {ans}. So, the final answer is \\boxed{{{ans}}}."
+    return f"\n\nGoing back, that gives {p.target}, which is what was asked."  # the value only in the steps
 
 
 def in_split(question: str, split: str, test_fraction: float) -> bool:
@@ -245,6 +257,8 @@ def make_records(cfg: SynthConfig) -> list[dict]:
         raise ValueError(f"split must be train or test, not {cfg.split!r}")
     if cfg.style not in STYLES:
         raise ValueError(f"style must be one of {', '.join(STYLES)}, not {cfg.style!r}")
+    if cfg.roles not in ROLE_DESIGNS:
+        raise ValueError(f"roles must be one of {', '.join(ROLE_DESIGNS)}, not {cfg.roles!r}")
     if cfg.chain_length < 1 or cfg.modulus < 2 or not 0 < cfg.test_fraction < 1:
         raise ValueError("need chain_length >= 1, modulus >= 2 and 0 < test_fraction < 1")
     if not cfg.ops or set(cfg.ops) - set(OPS):
@@ -263,7 +277,13 @@ def make_records(cfg: SynthConfig) -> list[dict]:
         if q in seen or not in_split(q, cfg.split, cfg.test_fraction):
             continue
         seen.add(q)
-        solution, roles = make_trace(rng, p, cfg, mix)
+        if cfg.roles == "functional":
+            made = functional_trace(rng, p, cfg, mix, OPENERS, final_segment)
+            if made is None:  # an operation erased a value the answer reads (see functional_trace)
+                continue
+            solution, roles = made
+        else:
+            solution, roles = make_trace(rng, p, cfg, mix)
         assert len(segment(solution)) == len(roles)  # the planted roles are only worth anything if this holds
         records.append({"id": f"synth-{cfg.split}-{len(records):05d}", "question": q, "solution": solution,
                         "answer": str(p.variables[p.target].value), "segment_roles": roles})

@@ -1,7 +1,8 @@
 """The testbed's tokenizer and model: a word-level byte BPE with a ChatML template and a ~1M-parameter Qwen2,
 built from the synthetic corpus (``segkit.synth``) and saved like any hub checkpoint.
 
-    >>> tok = build_tokenizer(texts, "runs/testbed/init"); model = build_model(tok, "tiny", "runs/testbed/init")
+    >>> tok = build_tokenizer(tokenizer_corpus(records), "runs/testbed/init")
+    >>> model = build_model(tok, "tiny", "runs/testbed/init")
 """
 from __future__ import annotations
 
@@ -20,6 +21,14 @@ MODEL_SIZES = {  # hidden, layers, heads, kv heads, mlp
     "tiny": (128, 4, 4, 4, 384),
     "small": (256, 6, 8, 4, 768),
 }
+
+
+def tokenizer_corpus(records: Iterable[dict]) -> list[str]:
+    """The texts a testbed tokenizer is trained on: the prompt's and answer string's fixed words, then every
+    record's question and solution, so the words of the traces a model reads are single tokens."""
+    from .prompt import ANSWER_TEMPLATE, PROMPT_SUFFIX
+
+    return [PROMPT_SUFFIX, ANSWER_TEMPLATE] + [t for r in records for t in (r["question"], r["solution"])]
 
 
 def build_tokenizer(texts: Iterable[str], path: str | Path | None = None, vocab_size: int = 2000):

@@ -1,12 +1,13 @@
-"""Stage 5 -- train: (selective) supervised fine-tuning with the loss masked to chosen segments.
+"""Stage 5 -- train, its data side: training examples whose loss mask is data, the collator, the options.
 
-Each record becomes ordinary ``input_ids``/``labels`` (prompt + solution + answer string + eos; ``-100`` on the
-prompt and on the segments the mode does not train), so any Hugging Face Trainer can consume it. Which segments a
-mode trains is ``segkit.score.segments_for_mode``; the testbed's tokenizer and model are ``segkit.testbed_model``.
-The Trainer options of the paper's scale (bf16, gradient checkpointing and accumulation, attention kernel, LoRA)
-are fields of ``TrainConfig``, checked when it is made; ``segkit.finetune`` turns them into a Trainer run.
+Each record becomes ``input_ids`` (prompt + solution + answer string + eos) and a 0/1 ``loss_mask`` per token (1 on
+the segments the mode trains, 0 on the prompt and the rest), as TRL's ``completion_mask``; ``MaskCollator`` alone
+turns masks into ignored labels. Which segments a mode trains is ``segkit.modes``; the testbed's tokenizer and model
+are ``segkit.testbed_model``. The Trainer options of the paper's scale (bf16, gradient checkpointing and
+accumulation, attention kernel, LoRA) are fields of ``TrainConfig``, checked when it is made; ``segkit.finetune``
+runs the Trainer over these examples.
 
-    >>> run_train(TrainConfig(data="runs/selected.jsonl", out="runs/selective", mode="selective", init="scratch"))
+    >>> examples, stats = prepare(tokenizer, records, TrainConfig(data="runs/sel.jsonl", out="", mode="selective"))
 """
 from __future__ import annotations
 
@@ -15,22 +16,25 @@ import logging
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from . import prompt as P
-from .score import ALWAYS_KEEP, MODES, TAU, always_kept, segments_for_mode, segments_of  # noqa: F401
-from .segment import char_spans, token_spans
+from . import modes, prompt
+from .modes import MODES, segments_for_mode
+from .score import ALWAYS_KEEP, TAU, always_kept
+from .segment import segments_of
 from .testbed_model import MODEL_SIZES, build_model, build_tokenizer  # noqa: F401 (the testbed's factory)
 
 log = logging.getLogger("segkit")
 
 ATTENTION = ("auto", "sdpa", "eager", "flash_attention_2")
+IGNORE_INDEX = -100  # the label torch's cross-entropy (and every HF model's loss) leaves out
 
 
 def build_example(tokenizer, record: dict, mode: str, *, seed: int = 0, tau: float = TAU,
                   always_keep: Sequence[str] = ALWAYS_KEEP, max_length: int | None = None,
-                  keywords="paper", answer_template: str | None = P.ANSWER_TEMPLATE) -> dict:
-    """``{"input_ids", "labels"}`` for one record: prompt + solution + answer string + eos, labels ``-100`` except on
-    the trained segments (the mode's choice plus the always-kept ones; the answer string and eos are trained with
-    the last segment).
+                  keywords="paper", answer_template: str | None = prompt.ANSWER_TEMPLATE) -> dict:
+    """``{"input_ids", "loss_mask", "trace_tokens"}`` for one record: prompt + solution + answer string + eos, the
+    mask 1 on the trained segments only (the mode's choice plus the always-kept ones; the answer string and eos are
+    trained with the last segment), and the number of tokens of the trace as written (+ answer string + eos), the
+    denominator of the trained share (also for ``pruned``, whose text is shorter).
 
     The answer string (``answer_template`` with the record's ``answer``: ``</think> So, the final answer is
     \\boxed{42}``) closes the think block exactly as attribution does after the trace, so the IG target is text
@@ -43,25 +47,52 @@ def build_example(tokenizer, record: dict, mode: str, *, seed: int = 0, tau: flo
     segments = segments_of(record, keywords)
     trained = sorted(set(segments_for_mode(record, mode, seed, tau, keywords))
                      | set(always_kept(len(segments), always_keep)))
-    if mode == "pruned":
-        segments, trained = [segments[i] for i in trained], list(range(len(trained)))
-    prompt_ids, _ = P.encode(tokenizer, P.format_prompt(tokenizer, record["question"]))
-    trace_ids, offsets = P.encode(tokenizer, "".join(segments))
-    spans = token_spans(offsets, char_spans(segments))
-    labels = [-100] * len(trace_ids)
-    for k in trained:
-        s, e = spans[k]
-        labels[s:e] = trace_ids[s:e]
+    prompt_ids, _ = prompt.encode(tokenizer, prompt.format_prompt(tokenizer, record["question"]))
+    trace_ids, _, spans = prompt.encode_segments(tokenizer, segments)
     closing = []
     if answer_template and record.get("answer") is not None:
-        closing = P.encode_answer(tokenizer, record["answer"], answer_template)[0]
+        closing = prompt.encode_answer(tokenizer, record["answer"], answer_template)[0]
     closing.append(tokenizer.eos_token_id)
+    trace_tokens = len(trace_ids) + len(closing)
+    if modes.get(mode).prunes:
+        segments, trained = [segments[i] for i in trained], list(range(len(trained)))
+        trace_ids, _, spans = prompt.encode_segments(tokenizer, segments)
+    mask = [0] * len(trace_ids)
+    for k in trained:
+        s, e = spans[k]
+        mask[s:e] = [1] * (e - s)
     last_trained = bool(trained) and trained[-1] == len(segments) - 1
-    input_ids = prompt_ids + trace_ids + closing
-    labels = [-100] * len(prompt_ids) + labels + (closing if last_trained else [-100] * len(closing))
-    if max_length is not None:
-        input_ids, labels = input_ids[:max_length], labels[:max_length]
-    return {"input_ids": input_ids, "labels": labels}
+    example = {"input_ids": prompt_ids + trace_ids + closing,
+               "loss_mask": [0] * len(prompt_ids) + mask + [int(last_trained)] * len(closing),
+               "trace_tokens": trace_tokens}
+    return cut(example, max_length) if max_length is not None else example
+
+
+def cut(example: dict, max_length: int) -> dict:
+    """``example`` with its tokens and mask cut to the first ``max_length``."""
+    return {**example, "input_ids": example["input_ids"][:max_length], "loss_mask": example["loss_mask"][:max_length]}
+
+
+@dataclass
+class MaskCollator:
+    """Pads examples into a batch and turns each ``loss_mask`` into ``labels``: the token where the mask is 1,
+    ``IGNORE_INDEX`` elsewhere and on padding. Pads on ``padding_side`` as the tokenizer would."""
+    pad_token_id: int
+    padding_side: str = "right"
+
+    def __call__(self, examples: Sequence[dict]) -> dict:
+        import torch
+
+        width = max(len(ex["input_ids"]) for ex in examples)
+        ids = torch.full((len(examples), width), self.pad_token_id)  # (B, T)
+        attention, mask = torch.zeros_like(ids), torch.zeros_like(ids)  # (B, T)
+        for row, ex in enumerate(examples):
+            n = len(ex["input_ids"])
+            at = slice(0, n) if self.padding_side == "right" else slice(width - n, width)
+            ids[row, at] = torch.tensor(ex["input_ids"])
+            attention[row, at] = 1
+            mask[row, at] = torch.tensor(ex["loss_mask"])
+        return {"input_ids": ids, "attention_mask": attention, "labels": ids.masked_fill(mask == 0, IGNORE_INDEX)}
 
 
 @dataclass
@@ -100,19 +131,20 @@ class TrainConfig:
                                    metadata={"help": "segments trained whatever the mode: first second_to_last last"})
     skip: int = field(default=0, metadata={"help": "leave out the first N records (held back for another use)"})
     limit: int = field(default=0, metadata={"help": "train on the first N records only, after skip (0: all)"})
-    answer_template: str = field(default=P.ANSWER_TEMPLATE, metadata={
+    answer_template: str = field(default=prompt.ANSWER_TEMPLATE, metadata={
         "help": "appended after the solution with the record's answer and trained with the last segment, as "
                 "attribution reads it after the trace ('' to train on the solution alone)"})
     threads: int = field(default=0, metadata={"help": "CPU threads for torch (0: torch's default)"})
 
     def __post_init__(self):
-        if self.mode not in MODES:
-            raise ValueError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        modes.get(self.mode)  # an unknown mode: the registry's one-line error
         for name in ("batch_size", "grad_accum"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.max_length < 0 or self.lora_r < 0 or self.lora_alpha < 0:
-            raise ValueError("--max-length, --lora-r and --lora-alpha cannot be negative")
+        if self.max_length < 0 or self.lora_r < 0 or self.lora_alpha < 0 or self.skip < 0 or self.limit < 0:
+            raise ValueError("--max-length, --lora-r, --lora-alpha, --skip and --limit cannot be negative")
+        if not self.epochs > 0 or not self.lr > 0:  # a model that did not train is not a trained model
+            raise ValueError(f"--epochs and --lr must be above 0, got {self.epochs} and {self.lr}")
         if not 0 <= self.warmup_ratio < 1 or not 0 <= self.lora_dropout < 1:
             raise ValueError("--warmup-ratio and --lora-dropout must lie in [0, 1)")
         if self.attn_implementation not in ATTENTION:
@@ -158,8 +190,8 @@ def prepare(tokenizer, records: Sequence[dict], cfg: TrainConfig) -> tuple[list[
 
     With ``cfg.max_length`` 0 nothing is cut (the limit is the longest example); otherwise every cut example is
     counted (``n_truncated``) and named in one warning. Records left without any trained token (cut before their
-    first trained segment, say) are skipped with a warning, since they would only add a 0/0 loss.
-    ``trace_tokens`` is the whole trace as written (+ answer string + eos), also for pruned, whose text is shorter.
+    first trained segment, say) are skipped with a warning, since they would only add a 0/0 loss. The counts of
+    trained and trace tokens are read from the examples' masks and ``trace_tokens``.
     """
     examples, stats = [], {"n_records": len(records), "n_truncated": 0, "n_skipped": 0, "trained_tokens": 0,
                            "trace_tokens": 0, "max_length": 0}
@@ -168,31 +200,21 @@ def prepare(tokenizer, records: Sequence[dict], cfg: TrainConfig) -> tuple[list[
     limit = cfg.max_length or max(len(ex["input_ids"]) for ex in full)
     stats["max_length"], cut_ids = limit, []
     for rec, ex in zip(records, full):
-        cut = len(ex["input_ids"]) > limit
-        if cut:
-            ex = {k: v[:limit] for k, v in ex.items()}
+        too_long = len(ex["input_ids"]) > limit
+        if too_long:
+            ex = cut(ex, limit)
             cut_ids.append(rec.get("id"))
-        n_trained = sum(label != -100 for label in ex["labels"])
+        n_trained = sum(ex["loss_mask"])
         if n_trained == 0:
             log.warning("record %r: no token left to train on (mode %s%s); skipped", rec.get("id"), cfg.mode,
-                        ", cut by max_length" if cut else "")
+                        ", cut by max_length" if too_long else "")
             stats["n_skipped"] += 1
             continue
-        n_trace = len(P.encode(tokenizer, "".join(segments_of(rec)))[0]) + 1
-        if cfg.answer_template and rec.get("answer") is not None:  # the answer string counts as trace too
-            n_trace += len(P.encode_answer(tokenizer, rec["answer"], cfg.answer_template)[0])
         stats["trained_tokens"] += n_trained
-        stats["trace_tokens"] += n_trace
+        stats["trace_tokens"] += ex["trace_tokens"]
         examples.append(ex)
     stats["n_truncated"] = len(cut_ids)
     if cut_ids:
         log.warning("%d of %d examples cut to --max-length %d tokens (records %s)", len(cut_ids), len(records),
                     limit, ", ".join(map(repr, cut_ids[:10])) + (", ..." if len(cut_ids) > 10 else ""))
     return examples, stats
-
-
-def run_train(cfg: TrainConfig) -> str:
-    """Train ``cfg.init`` on ``cfg.data`` with ``cfg.mode``'s masks; save an ordinary model folder; one line."""
-    from .finetune import fit
-
-    return fit(cfg)

@@ -7,7 +7,7 @@ import pytest
 
 matplotlib.use("Agg")
 
-from segkit import analysis as A  # noqa: E402
+from segkit import analysis  # noqa: E402
 from segkit.attribute import attribute_record  # noqa: E402
 from segkit.segment import segment  # noqa: E402
 
@@ -32,25 +32,25 @@ HAND = rec([0.6, 0.3, 0.1], [0.5, 0.9, 0.2], [2, 3, 5], roles=["core", "repeat",
 
 
 def test_strength_cdf_and_segments_needed():
-    cdf = A.strength_cdf([rec([0.2, 0.5, 0.3], [1, 1, 1], [1, 1, 1], rid="a"),
+    cdf = analysis.strength_cdf([rec([0.2, 0.5, 0.3], [1, 1, 1], [1, 1, 1], rid="a"),
                           rec([0.25, 0.25, 0.25, 0.25], [1] * 4, [1] * 4, rid="b")])
     a = cdf[cdf.trace == "a"]
     assert a["cumulative_strength"].round(6).tolist() == [0.5, 0.8, 1.0]  # strongest first
     assert a["segment_fraction"].round(6).tolist() == [round(1 / 3, 6), round(2 / 3, 6), 1.0]
-    need = A.segments_needed(cdf, shares=(0.5, 0.7)).set_index("share").segment_fraction
+    need = analysis.segments_needed(cdf, shares=(0.5, 0.7)).set_index("share").segment_fraction
     assert need[0.5] == pytest.approx((1 / 3 + 2 / 4) / 2)  # a: 1 of 3 segments; b: 2 of 4
     assert need[0.7] == pytest.approx((2 / 3 + 3 / 4) / 2)
 
 
 def test_precision_recall_by_hand():
-    got = A.precision_recall([True, True, False, False], [True, False, True, False])
+    got = analysis.precision_recall([True, True, False, False], [True, False, True, False])
     assert (got["precision"], got["recall"], got["f1"]) == (0.5, 0.5, 0.5)
-    none = A.precision_recall([False, False], [True, False])
+    none = analysis.precision_recall([False, False], [True, False])
     assert math.isnan(none["precision"]) and none["recall"] == 0 and none["f1"] == 0
 
 
 def test_grid_table_by_hand():
-    g = A.grid_table([HAND], taus=[0.5, 0.9], betas=[0.8, 1.0], always_keep=()).set_index(["tau", "beta"])
+    g = analysis.grid_table([HAND], taus=[0.5, 0.9], betas=[0.8, 1.0], always_keep=()).set_index(["tau", "beta"])
     # tau 0.5, beta 0.8: segment 0 only (2 of 10 tokens); gap = mean(0, -1) - (-2) = 1.5; P 1, R 1/2
     row = g.loc[(0.5, 0.8)]
     assert (row.segment_ratio, row.token_ratio) == pytest.approx((1 / 3, 0.2))
@@ -69,45 +69,45 @@ def test_always_kept_segments_do_not_steer_the_grid():
     is, so the grid scores only the segments in between."""
     r = rec([0.1, 0.3, 0.1, 0.05, 0.45], [0.5, 0.5, 0.2, 0.3, 0.95], [2] * 5,
             roles=["core", "core", "repeat", "verify", "final"], effect=[-1.0, -1.5, 0.0, -0.2, -5.0])
-    assert A.selectable_segments(r) == [1, 2] and A.selectable_segments(r, ["first"]) == [1, 2, 3, 4]
-    g = A.grid_table([r], taus=[0.8], betas=[0.8, 1.0]).set_index(["tau", "beta"])
+    assert analysis.selectable_segments(r) == [1, 2] and analysis.selectable_segments(r, ["first"]) == [1, 2, 3, 4]
+    g = analysis.grid_table([r], taus=[0.8], betas=[0.8, 1.0]).set_index(["tau", "beta"])
     # tau 0.8 takes segments 4, 1, 0 (0.85 of the strength); beta 0.8 drops 4: either way only 1 and 2 are scored
     for beta in (0.8, 1.0):
         assert g.loc[(0.8, beta), "confidence_gap"] == pytest.approx(0.0 - (-1.5))
         assert (g.loc[(0.8, beta), "precision"], g.loc[(0.8, beta), "recall"]) == (1.0, 1.0)
-    with_last = A.grid_table([r], taus=[0.8], betas=[0.8, 1.0], always_keep=()).set_index(["tau", "beta"])
+    with_last = analysis.grid_table([r], taus=[0.8], betas=[0.8, 1.0], always_keep=()).set_index(["tau", "beta"])
     assert with_last.loc[(0.8, 1.0), "confidence_gap"] > with_last.loc[(0.8, 0.8), "confidence_gap"]
 
 
 def test_choose_tau_beta_and_the_choice_file(tmp_path):
-    g = A.grid_table([HAND], taus=[0.5, 0.9], betas=[0.8, 1.0], always_keep=())
-    choice = A.choose_tau_beta(g)
+    g = analysis.grid_table([HAND], taus=[0.5, 0.9], betas=[0.8, 1.0], always_keep=())
+    choice = analysis.choose_tau_beta(g)
     assert (choice["tau"], choice["beta"]) == (0.5, 0.8)  # gap 1.5; ties with (0.9, 0.8) go to tau 0.5 (first)
-    assert A.choose_tau_beta(g, min_ratio=0.5)["beta"] == 1.0  # only the cells selecting 2 of 3 segments qualify
+    assert analysis.choose_tau_beta(g, min_ratio=0.5)["beta"] == 1.0  # only the cells selecting 2 of 3 segments qualify
     with pytest.raises(ValueError, match="no grid cell"):
-        A.choose_tau_beta(g, min_ratio=0.9)
-    path = A.save_choice(choice, tmp_path / "sub" / "choice.json")
-    assert A.load_choice(path)["tau"] == 0.5
-    assert A.load_choice(tmp_path / "missing.json")["tau"] == 0.7  # the paper's default
+        analysis.choose_tau_beta(g, min_ratio=0.9)
+    path = analysis.save_choice(choice, tmp_path / "sub" / "choice.json")
+    assert analysis.load_choice(path)["tau"] == 0.5
+    assert analysis.load_choice(tmp_path / "missing.json")["tau"] == 0.7  # the paper's default
 
 
 def test_bleu_overlap_with_earlier_segments():
     segs = ["the sum is five", "\n\nWait, the sum is five", "\n\nAlternatively multiply seven by three"]
-    got = A.bleu_overlap(segs)
+    got = analysis.bleu_overlap(segs)
     assert math.isnan(got[0])  # nothing before the first segment
     assert 0.5 < got[1] <= 1.0  # repeats the first segment (plus "Wait ,")
     assert got[2] == 0.0  # shares no word with the earlier segments
-    assert A.bleu_overlap(["a b c d", "a b c d"])[1] == pytest.approx(1.0)
+    assert analysis.bleu_overlap(["a b c d", "a b c d"])[1] == pytest.approx(1.0)
 
 
 def test_segment_table_groups_and_roles():
-    t = A.segment_table([HAND], tau=0.9, beta=0.8)
+    t = analysis.segment_table([HAND], tau=0.9, beta=0.8)
     assert t.important.tolist() == [True, False, False]
     assert t.group.tolist() == ["high strength, moderate consistency", "high strength, high consistency",
                                 "low strength, moderate consistency"]
     assert t.useful.tolist() == [True, False, True]
     assert t.removal_effect.tolist() == [-2.0, 0.0, -1.0]
-    by_group = A.removal_by_group(t).set_index("group")
+    by_group = analysis.removal_by_group(t).set_index("group")
     assert by_group.loc["high strength, moderate consistency", "mean"] == -2.0
 
 
@@ -115,7 +115,7 @@ def test_render_heatmap_shows_every_token_escaped():
     r = rec([0.6, 0.4], [0.5, 0.9], [2, 1], roles=["core", "final"])
     r["tokens"] = [["x", " <b>"], [" & y"]]
     r["attributions"] = [[0.5, -0.25], [0.1]]
-    page = A.render_heatmap(r, tau=0.5, beta=0.8, scale_quantile=1.0)  # full colour at the largest |score|
+    page = analysis.render_heatmap(r, tau=0.5, beta=0.8, scale_quantile=1.0)  # full colour at the largest |score|
     assert "&lt;b&gt;" in page and "&amp; y" in page and "<b>" not in page.replace("<b>trace", "")
     assert page.count("title='") == 3  # one hover score per token
     assert "title='-0.2500'" in page and "rgba(31, 119, 180, 0.500)" in page  # negative: blue, half the max
@@ -127,17 +127,17 @@ def test_summarise_modes_mean_and_std():
 
     t = pd.DataFrame({"mode": ["full", "full", "selective"], "seed": [0, 1, 0], "accuracy": [0.2, 0.4, 0.5],
                       "mean_length": [10, 20, 30], "trained_token_fraction": [1.0, 1.0, 0.4]})
-    s = A.summarise_modes(t).set_index("mode")
+    s = analysis.summarise_modes(t).set_index("mode")
     assert s.loc["full", "accuracy_mean"] == pytest.approx(0.3)
     assert s.loc["full", "accuracy_std"] == pytest.approx(0.1414, abs=1e-4)
     assert s.loc["selective", "n_seeds"] == 1
-    text = A.summarise_modes(t, as_text=True).set_index("mode")
+    text = analysis.summarise_modes(t, as_text=True).set_index("mode")
     assert text.loc["full", "accuracy"] == "0.3 ± 0.14" and text.loc["selective", "accuracy"] == "0.5"
 
 
 def test_precision_recall_by_method_matches_the_rule():
     recs = [HAND, rec([0.1, 0.7, 0.2], [0.3, 0.5, 0.9], [1, 1, 1], roles=["repeat", "core", "final"], rid="u")]
-    pr = A.precision_recall_by_method(recs, ["selective", "random", "strength-only"], tau=0.5, beta=0.8,
+    pr = analysis.precision_recall_by_method(recs, ["selective", "random", "strength-only"], tau=0.5, beta=0.8,
                                       seeds=[0, 1], always_keep=()).set_index(["method", "seed"])
     # the IG rule at tau 0.5: segment 0 of HAND (core) and segment 1 of u (core): 2 of 3 useful segments
     assert pr.loc[("selective", 0), "precision"] == 1.0
@@ -154,14 +154,15 @@ def test_plots_return_labelled_figures():
     for r in recs:
         r.update(segment_log_perplexity=[1.0, 2.0, 3.0], segment_entropy=[0.5, 0.6, 0.7], completeness_error=0.01,
                  ig_steps=8, n_tokens=10)
-    table = A.segment_table(recs)
-    grid = A.grid_table(recs, [0.5, 0.9], [0.8, 1.0], always_keep=())
+    table = analysis.segment_table(recs)
+    grid = analysis.grid_table(recs, [0.5, 0.9], [0.8, 1.0], always_keep=())
     modes = pd.DataFrame({"mode": ["full", "selective"], "seed": [0, 0], "accuracy": [0.2, 0.3],
                           "mean_length": [10, 12], "trained_token_fraction": [1.0, 0.5]})
-    figs = [A.plot_strength_consistency(table), A.plot_joint(table, beta=0.8),
-            A.plot_strength_cdf(A.strength_cdf(recs)), A.plot_removal_effect(table), A.plot_segment_features(table),
-            A.plot_completeness(A.completeness_table(recs)), A.plot_grid(grid, chosen=A.choose_tau_beta(grid)),
-            A.plot_modes(modes), A.plot_precision_recall(A.precision_recall_by_method(recs, tau=0.5, always_keep=()))]
+    figs = [analysis.plot_strength_consistency(table), analysis.plot_joint(table, beta=0.8),
+            analysis.plot_strength_cdf(analysis.strength_cdf(recs)), analysis.plot_removal_effect(table),
+            analysis.plot_segment_features(table), analysis.plot_completeness(analysis.completeness_table(recs)),
+            analysis.plot_grid(grid, chosen=analysis.choose_tau_beta(grid)), analysis.plot_modes(modes),
+            analysis.plot_precision_recall(analysis.precision_recall_by_method(recs, tau=0.5, always_keep=()))]
     for fig in figs:
         assert isinstance(fig, Figure)
         main = [ax for ax in fig.axes if ax.get_visible() and ax.get_xlabel() and ax.get_ylabel()]
@@ -173,12 +174,12 @@ def plain_log_prob(model, tokenizer, question, trace, answer):
     built here from the prompt module's text pieces (independent of segkit.attribute's assembly and target)."""
     import torch
 
-    from segkit import prompt as P
+    from segkit import prompt
 
-    text, (a, b) = P.answer_text(answer)
-    prompt_ids = P.encode(tokenizer, P.format_prompt(tokenizer, question))[0]
-    trace_ids = P.encode(tokenizer, trace)[0]
-    ans_ids, offsets = P.encode(tokenizer, text)
+    text, (a, b) = prompt.answer_text(answer)
+    prompt_ids = prompt.encode(tokenizer, prompt.format_prompt(tokenizer, question))[0]
+    trace_ids = prompt.encode(tokenizer, trace)[0]
+    ans_ids, offsets = prompt.encode(tokenizer, text)
     ids = torch.tensor([prompt_ids + trace_ids + ans_ids])
     start = len(prompt_ids) + len(trace_ids)
     positions = [start + k for k, (s, e) in enumerate(offsets) if s < b and e > a]  # tokens overlapping the answer
@@ -189,8 +190,8 @@ def plain_log_prob(model, tokenizer, question, trace, answer):
 
 def test_segment_removal_effect_on_the_tiny_model(tiny_model, smol_tokenizer):
     r = {**SHORT, "segments": segment(SHORT["solution"])}  # three segments
-    effects = A.segment_removal_effect(tiny_model, smol_tokenizer, r)
-    full = A.answer_log_prob(tiny_model, smol_tokenizer, r["question"], r["segments"], r["answer"])
+    effects = analysis.segment_removal_effect(tiny_model, smol_tokenizer, r)
+    full = analysis.answer_log_prob(tiny_model, smol_tokenizer, r["question"], r["segments"], r["answer"])
     assert len(effects) == 3
     for i, e in enumerate(effects):
         rest = r["segments"][:i] + r["segments"][i + 1:]
@@ -201,15 +202,15 @@ def test_segment_removal_effect_on_the_tiny_model(tiny_model, smol_tokenizer):
     # F is the attribution target: the same number as attribute_record's f_input
     attributed = attribute_record(tiny_model, smol_tokenizer, r, steps=2)
     assert full == pytest.approx(attributed["f_input"], rel=1e-5)
-    # removing the only segment leaves nothing to condition on: NaN, not an error
-    assert math.isnan(A.segment_removal_effect(tiny_model, smol_tokenizer, {**r, "segments": ["3 + 4 = 7."]})[0])
+    # removing the only segment leaves nothing to condition on: missing (None: records are strict JSON), no error
+    assert analysis.segment_removal_effect(tiny_model, smol_tokenizer, {**r, "segments": ["3 + 4 = 7."]}) == [None]
 
 
 def test_auc_table_by_hand():
     # useful: core (strength 0.6, consistency 0.5), verify (0.1, 0.2); the rest: repeat (0.3, 0.9)
     hand = rec([0.6, 0.3, 0.1], [0.5, 0.9, 0.2], [2, 3, 5], roles=["core", "repeat", "verify"],
                effect=[-2.0, 0.0, -1.0])  # HAND afresh: another test adds fields to it
-    t = A.auc_table([hand], variant="v", always_keep=(), n_resamples=50).set_index(["score", "role"])
+    t = analysis.auc_table([hand], variant="v", always_keep=(), n_resamples=50).set_index(["score", "role"])
     assert set(t.variant) == {"v"} and "perplexity" not in t.index.get_level_values(0)  # no such field: left out
     assert t.loc[("strength", "all"), "auc"] == 0.5          # 0.6 > 0.3, 0.1 < 0.3
     assert t.loc[("consistency", "all"), "auc"] == 0.0       # 0.5 < 0.9, 0.2 < 0.9
@@ -224,14 +225,14 @@ def test_auc_table_by_hand():
 
 def test_auc_table_leaves_out_the_always_kept_segments():
     five = rec([0.1, 0.4, 0.2, 0.2, 0.1], [0.5] * 5, [1] * 5, roles=["core", "core", "repeat", "truncated", "final"])
-    t = A.auc_table([five], scores=["strength"], n_resamples=20).set_index("role")
+    t = analysis.auc_table([five], scores=["strength"], n_resamples=20).set_index("role")
     # first, second-to-last and last are always trained: segments 1 (core, 0.4) and 2 (repeat, 0.2) remain
     assert (t.loc["all", "n_pos"], t.loc["all", "n_neg"], t.loc["all", "auc"]) == (1, 1, 1.0)
     assert set(t.index) == {"all", "core", "repeat"}
 
 
 def text_of(diffs):
-    return A.verdict(diffs.reset_index())
+    return analysis.verdict(diffs.reset_index())
 
 
 def eval_records(correct, lengths):
@@ -239,31 +240,31 @@ def eval_records(correct, lengths):
 
 
 def test_modes_and_differences_tables_by_hand():
-    rows = (A.per_problem_rows(eval_records([1, 0, 1, 0], [10, 20, 30, 40]), "full")
-            + A.per_problem_rows(eval_records([1, 1, 1, 0], [5, 15, 25, 35]), "oracle")
-            + A.per_problem_rows(eval_records([True, False, True, False], [12, 22, 32, 42]), "selective"))
-    modes = A.modes_table(rows, n_resamples=200).set_index("mode")
+    rows = (analysis.per_problem_rows(eval_records([1, 0, 1, 0], [10, 20, 30, 40]), "full")
+            + analysis.per_problem_rows(eval_records([1, 1, 1, 0], [5, 15, 25, 35]), "oracle")
+            + analysis.per_problem_rows(eval_records([True, False, True, False], [12, 22, 32, 42]), "selective"))
+    modes = analysis.modes_table(rows, n_resamples=200).set_index("mode")
     assert modes.loc["full", "accuracy"] == 0.5 and modes.loc["oracle", "mean_length"] == 20.0
     assert modes.loc["oracle", "accuracy_ci_low"] <= 0.75 <= modes.loc["oracle", "accuracy_ci_high"]
     assert modes.loc["full", "n_problems"] == 4 and modes.loc["full", "n_ft_seeds"] == 1
-    diffs = A.differences_table(rows, n_resamples=200).set_index(["mode", "vs", "metric"])
+    diffs = analysis.differences_table(rows, n_resamples=200).set_index(["mode", "vs", "metric"])
     # only pairs whose modes both ran: selective vs full and vs oracle, oracle vs full
     assert set(diffs.index.droplevel(2)) == {("selective", "full"), ("selective", "oracle"), ("oracle", "full")}
     # the oracle is 5 tokens shorter on every problem: the paired interval has no width
     assert tuple(diffs.loc[("oracle", "full", "mean_length")]) == (-5.0, -5.0, -5.0)
     assert tuple(diffs.loc[("selective", "full", "mean_length")]) == (2.0, 2.0, 2.0)
     assert diffs.loc[("oracle", "full", "accuracy"), "diff"] == 0.25
-    head = A.finetuning_headline(rows, n_resamples=200)
+    head = analysis.finetuning_headline(rows, n_resamples=200)
     assert json.loads(json.dumps(head)) == head and head["verdict"] == text_of(diffs)
     assert {"mode", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "mean_length"} <= set(head["modes"][0])
     assert {"mode": "oracle", "vs": "full", "metric": "mean_length", "diff": -5.0, "ci_low": -5.0,
             "ci_high": -5.0} in head["differences"]
-    fig = A.plot_differences(diffs.reset_index())
+    fig = analysis.plot_differences(diffs.reset_index())
     assert [ax.get_xlabel() for ax in fig.axes] == ["accuracy difference", "mean output length difference (tokens)"]
-    text = A.verdict(diffs.reset_index())
-    assert "selective vs full: accuracy +0.000 [+0.000, +0.000], no difference; mean length +2.0 [+2.0, +2.0] " \
+    text = analysis.verdict(diffs.reset_index())
+    assert "selective vs full: accuracy +0.000 [+0.000, +0.000], not detected; mean length +2.0 [+2.0, +2.0] " \
            "tokens, longer." in text
-    assert text.endswith("oracle vs full: accuracy +0.250 [+0.000, +0.750], no difference; mean length -5.0 "
+    assert text.endswith("oracle vs full: accuracy +0.250 [+0.000, +0.750], not detected; mean length -5.0 "
                          "[-5.0, -5.0] tokens, shorter.")
 
 
@@ -271,14 +272,15 @@ def test_confidence_gap_spread_agrees_with_the_grid_and_keeps_the_paper_on_noise
     recs = [rec([0.6, 0.3, 0.1], [0.5, 0.9, 0.2], [2, 3, 5], effect=[-2.0, 0.0, -1.0], rid="a"),
             rec([0.5, 0.4, 0.1], [0.5, 0.5, 0.9], [2, 2, 2], effect=[-1.0, -1.0, 0.5], rid="b")]
     taus, betas = [0.5, 0.7, 0.9], [0.6, 0.8, 1.0]
-    spread = A.confidence_gap_spread(recs, taus, betas, always_keep=(), n_resamples=300).set_index(["tau", "beta"])
-    grid = A.grid_table(recs, taus, betas, always_keep=()).set_index(["tau", "beta"])
+    spread = analysis.confidence_gap_spread(recs, taus, betas, always_keep=(), n_resamples=300).set_index(
+        ["tau", "beta"])
+    grid = analysis.grid_table(recs, taus, betas, always_keep=()).set_index(["tau", "beta"])
     # the point estimates are grid_table's pooled gaps, computed another way
     assert spread.confidence_gap.to_numpy() == pytest.approx(grid.confidence_gap.to_numpy(), nan_ok=True)
     assert spread.segment_ratio.to_numpy() == pytest.approx(grid.segment_ratio.to_numpy())
     assert (spread.loc[(0.7, 0.8), ["vs_default", "vs_default_ci_low", "vs_default_ci_high"]] == 0).all()
     # two traces cannot show any cell beyond the spread: the paper's values are kept, and the reason says so
-    choice = A.choose_tau_beta_on_signal(spread.reset_index())
+    choice = analysis.choose_tau_beta_on_signal(spread.reset_index())
     assert (choice["tau"], choice["beta"]) == (0.7, 0.8) and "kept" in choice["reason"]
 
 
@@ -286,8 +288,8 @@ def test_choose_on_signal_takes_a_cell_that_beats_the_default_everywhere():
     # 30 identical traces: selecting the strong segment (tau 0.5) has gap 0 - (-2) = 2 in every resample; tau 0.7
     # also takes the middle segment, whose removal costs nothing: gap 0 - (-2 + 0) / 2 = 1
     recs = [rec([0.6, 0.3, 0.1], [0.5, 0.5, 0.5], [1, 1, 1], effect=[-2.0, 0.0, 0.0], rid=str(i)) for i in range(30)]
-    spread = A.confidence_gap_spread(recs, [0.5, 0.7], [0.8], always_keep=(), n_resamples=100)
-    choice = A.choose_tau_beta_on_signal(spread)
+    spread = analysis.confidence_gap_spread(recs, [0.5, 0.7], [0.8], always_keep=(), n_resamples=100)
+    choice = analysis.choose_tau_beta_on_signal(spread)
     assert (choice["tau"], choice["beta"]) == (0.5, 0.8) and choice["reason"].endswith("chosen.")
     assert choice["confidence_gap"] == pytest.approx(2.0) and choice["ci_low"] == pytest.approx(2.0)
     assert choice["vs_default"] == pytest.approx(1.0)
@@ -298,11 +300,11 @@ def test_resolution_compares_the_interval_width_with_the_papers_difference():
                                                                        "ci_high": 0.02},
              {"metric": "accuracy", "ci_low": -0.01, "ci_high": 0.01}, {"metric": "mean_length", "ci_low": -9,
                                                                        "ci_high": 9}]
-    r = A.resolution(diffs)  # half-widths 0.05, 0.01, 0.01 -> median 0.01 < 0.021
+    r = analysis.resolution(diffs)  # half-widths 0.05, 0.01, 0.01 -> median 0.01 < 0.021
     assert r["half_width"] == pytest.approx(0.01) and r["resolvable"] and "would be resolved" in r["sentence"]
-    wide = A.resolution(diffs[:1])
+    wide = analysis.resolution(diffs[:1])
     assert wide["half_width"] == pytest.approx(0.05) and not wide["resolvable"] and "cannot" in wide["sentence"]
-    assert A.resolution(diffs, metric="pass@k")["half_width"] is None
+    assert analysis.resolution(diffs, metric="pass@k")["half_width"] is None
 
 
 def test_per_problem_results_read_every_model_of_a_compare_modes_table(tmp_path):
@@ -321,10 +323,10 @@ def test_per_problem_results_read_every_model_of_a_compare_modes_table(tmp_path)
          "trained_token_fraction": 0.0},
         {"base_seed": 0, "mode": "full", "seed": 2, "benchmark": "test", "file": str(files["f0"]),
          "trained_token_fraction": 1.0}])
-    rows = A.per_problem_results(table)
+    rows = analysis.per_problem_results(table)
     assert [(r["mode"], r["base_seed"], r["ft_seed"], r["problem"], r["accuracy"], r["mean_length"]) for r in rows] == [
         ("base", 0, 0, "p0", 1.0, 10), ("base", 0, 0, "p1", 0.0, 20), ("base", 1, 0, "p0", 0.0, 30),
         ("base", 1, 0, "p1", 0.0, 40), ("full", 0, 2, "p0", 1.0, 5), ("full", 0, 2, "p1", 1.0, 6)]
-    head = A.finetuning_headline(rows[:4], n_resamples=50, results=table)
+    head = analysis.finetuning_headline(rows[:4], n_resamples=50, results=table)
     assert head["modes"][0]["mode"] == "base" and head["modes"][0]["n_base_seeds"] == 2
     assert head["modes"][0]["mean_length"] == 25.0 and head["modes"][0]["trained_token_fraction"] == 0.0

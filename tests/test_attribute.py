@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from segkit import attribute as A
+from segkit import attribute
 from segkit import hardware, ig
 from segkit.attribute import attribute_record
 from segkit.prompt import assemble, encode_answer
@@ -177,7 +177,7 @@ def test_target_error_raises_steps(tiny_model, smol_tokenizer):
 def test_default_is_adaptive_and_says_whether_the_target_was_met(tiny_model, smol_tokenizer):
     out = attribute_record(tiny_model, smol_tokenizer, record())
     assert (out["ig_method"], out["ig_baseline"]) == ("adaptive", "pad-trace")
-    assert out["target_error_met"] and out["completeness_error"] <= A.TARGET_ERROR
+    assert out["target_error_met"] and out["completeness_error"] <= attribute.TARGET_ERROR
     capped = attribute_record(tiny_model, smol_tokenizer, record(), target_error=1e-9, max_steps=24)
     assert capped["target_error_met"] is False and 15 < capped["ig_steps"] <= 24
 
@@ -221,8 +221,8 @@ def test_adaptive_stops_at_the_cap():
 def test_selection_agreement():
     a = {"strength": [0.6, 0.3, 0.1], "consistency": [0.5, 0.5, 0.5]}
     b = {"strength": [0.1, 0.3, 0.6], "consistency": [0.5, 0.5, 0.5]}
-    assert A.selection_agreement(a, a) == 1.0
-    assert A.selection_agreement(a, b) == pytest.approx(1 / 3)  # {0, 1} against {1, 2}
+    assert attribute.selection_agreement(a, a) == 1.0
+    assert attribute.selection_agreement(a, b) == pytest.approx(1 / 3)  # {0, 1} against {1, 2}
 
 
 def test_batch_plan(monkeypatch):
@@ -257,7 +257,7 @@ def test_encode_answer_and_assemble_agree(smol_tokenizer):
     a = assemble(smol_tokenizer, "q?", ["Some trace."], 42)
     assert a.input_ids[-len(ids):].tolist() == ids
     assert a.targets.tolist() == list(range(len(a.input_ids) - len(ids) + first, len(a.input_ids) - len(ids) + end))
-    assert A.assemble is assemble  # still importable from segkit.attribute
+    assert attribute.assemble is assemble  # still importable from segkit.attribute
     with pytest.raises(ValueError, match="yields no tokens"):
         encode_answer(smol_tokenizer, "")
 
@@ -293,11 +293,12 @@ def test_config_checks_itself_before_out_is_touched(tmp_path, write_jsonl):
         cases.append((dict(device="mps"), "MPS"))
     for bad, said in cases:
         with pytest.raises(ValueError, match=said) as e:
-            A.AttributeConfig(**{"input": str(src), "out": str(out), **bad})
+            attribute.AttributeConfig(**{"input": str(src), "out": str(out), **bad})
         assert "\n" not in str(e.value)  # one line
     assert not out.exists()
-    cfg = A.AttributeConfig(input=str(src), out=str(out))
-    assert (cfg.steps, cfg.method, cfg.baseline, cfg.max_steps) == (A.STEPS, A.METHOD, A.BASELINE, A.MAX_STEPS)
+    cfg = attribute.AttributeConfig(input=str(src), out=str(out))
+    assert (cfg.steps, cfg.method, cfg.baseline, cfg.max_steps) == (attribute.STEPS, attribute.METHOD,
+                                                                     attribute.BASELINE, attribute.MAX_STEPS)
 
 
 def test_run_attribute_skips_mistyped_records(tmp_path, write_jsonl, tiny_model_dir):
@@ -307,9 +308,9 @@ def test_run_attribute_skips_mistyped_records(tmp_path, write_jsonl, tiny_model_
     src = write_jsonl("in.jsonl", [good, {**good, "id": "null", "answer": None},
                                    {**good, "id": "ints", "segments": [1, 2]}, {**good, "id": "s2"}])
     out = tmp_path / "out.jsonl"
-    cfg = A.AttributeConfig(input=str(src), out=str(out), model=str(tiny_model_dir), steps=2,
+    cfg = attribute.AttributeConfig(input=str(src), out=str(out), model=str(tiny_model_dir), steps=2,
                             method="gausslegendre", on_error="skip", threads=1)
-    assert A.run_attribute(cfg).startswith("2 attributed, 0 already done, 2 skipped")
+    assert attribute.run_attribute(cfg).startswith("2 attributed, 0 already done, 2 skipped")
     assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["s1", "s2"]
 
 
@@ -317,3 +318,27 @@ def test_import_is_light():
     """``segkit attribute --help`` imports this module: no torch, transformers or captum."""
     code = "import sys, segkit.attribute; print(sorted(m for m in ('torch', 'transformers', 'captum') if m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
+
+
+RECORDS = [record(), record({"id": "s2", "question": "Tom has 12 apples and gives 5 of them away. How many are left?",
+                             "solution": "12 - 5 = 7.\n\nWait, check: 7 + 5 = 12.", "answer": "7"}),
+           record({"id": "s3", "question": "What is 2 * 9?", "solution": "2 * 9 = 18.\n\nWait, 9 + 9 = 18 as well, "
+                   "and 18 / 2 = 9.\n\nAlternatively, 10 + 8 = 18.\n\nSo 18.", "answer": "18"}),
+           record({**SHORT, "id": "s4", "solution": SHORT["solution"] + "\n\nWait, 3 + 4 = 7." * 25})]  # no cache
+
+
+@pytest.mark.parametrize("opts", [{"steps": 1, "target_error": 1e-3, "max_steps": 64},
+                                  {"method": "gausslegendre", "baseline": "pad", "steps": 5, "batch_size": 4}])
+def test_traces_sharing_passes_give_their_own_attributions(tiny_model, smol_tokenizer, opts):
+    """Traces of different prompt and trace lengths (padded, masked, their own positions), refined to different
+    numbers of points (the adaptive default) or not: each gets what it gets alone, up to float rounding."""
+    alone = [attribute_record(tiny_model, smol_tokenizer, r, **opts) for r in RECORDS]
+    assert len({o["n_tokens"] for o in alone}) == 4 and len({o["ig_steps"] for o in alone}) > ("target_error" in opts)
+    shared = attribute.attribute_records(tiny_model, smol_tokenizer, RECORDS, trace_batch=4, **opts)
+    for a, s in zip(alone, shared):
+        assert s["ig_steps"] == a["ig_steps"] and s["id"] == a["id"]
+        assert flat(s).tolist() == pytest.approx(flat(a).tolist(), rel=1e-4, abs=1e-6)
+        for k in ("f_input", "f_baseline", "attribution_sum", "strength"):
+            assert s[k] == pytest.approx(a[k], rel=1e-4, abs=1e-6)
+        # the error is what is left of F(x) - F(x') after the sum cancels it (to 1e-4 here): rounding shows more
+        assert s["completeness_error"] == pytest.approx(a["completeness_error"], abs=1e-4)

@@ -4,6 +4,7 @@ Every case checks the exit code, the one-line message (``file:line`` where there
 any earlier output are byte-identical afterwards. Cheap stages run as a real process (``python -m segkit``);
 stages that load a model run through ``cli.main`` in this process, on the tiny Llama of conftest.py.
 """
+import fcntl
 import json
 import os
 import shutil
@@ -199,7 +200,7 @@ def test_duplicate_ids_stop_the_run_naming_both_lines(records, message, write_js
 
 
 def test_unique_ids_suffix_renames_repeats(write_jsonl, tmp_path):
-    src = write_jsonl("in.jsonl", [{**SHORT, "id": "d1"}, {**SHORT, "id": "d1"}, {**SHORT, "id": "d1#2"},
+    src = write_jsonl("in.jsonl", [{**SHORT, "id": "d1"}, {**SHORT, "id": "d1", "answer": "8"}, {**SHORT, "id": "d1#2"},
                                    {k: v for k, v in SHORT.items() if k != "id"}, {**SHORT, "id": 4}])
     out = tmp_path / "out.jsonl"
     rc, _, err = segkit("segment", src, "--out", out, "--unique-ids", "suffix")
@@ -336,8 +337,7 @@ def test_skip_skips_any_exception_but_not_an_interrupt(write_jsonl, tmp_path):
 @pytest.mark.parametrize("record,message", [
     (with_segments(SHORT), "missing field 'attributions' (run `segkit attribute` first)"),
     ({**ATTRIBUTED, "attributions": [[0.5, float("nan")], [0.1]]},
-     "field 'attributions': expected a list of lists of numbers, one per segment, got a list whose item 0 is not "
-     "a list of numbers"),
+     "not strict JSON: the number NaN is not finite (JSON has no NaN or Infinity)"),
     ({**ATTRIBUTED, "attributions": [[0.5]]},
      "field 'attributions': expected a list of lists of numbers, one per segment, got 1 entries for 2 segments"),
 ])
@@ -500,7 +500,8 @@ def test_a_last_record_without_its_newline_is_cut_not_glued(tmp_path):
     two records onto one line."""
     out = tmp_path / "out.jsonl"
     out.write_text('{"id": "a"}\n{"id": "b"}')
-    assert finished_ids(out) == ["a"]
+    assert finished_ids(out) == ["a"] and out.read_text().endswith('"b"}')  # a reader cuts nothing: it may be
+    assert finished_ids(out, cut=True) == ["a"]                              # another process's line in progress
     assert out.read_text() == '{"id": "a"}\n'
 
 
@@ -520,3 +521,234 @@ def test_a_resume_with_other_options_is_refused(tmp_path):
     run_stage(lambda r: {**r, "by": "B"}, src, out, progress=False, overwrite=True, options={"model": "B", "steps": 15})
     assert all(r["by"] == "B" for r in load(out))
     assert run_stage(lambda r: r, src, out, progress=False, options={"model": "B", "steps": 15}).resumed == 3
+
+
+# --- issue 19: no stage adopts a file it did not write ----------------------------------------------------------
+
+def test_appending_stages_refuse_files_they_did_not_write(capsys, tmp_path, write_jsonl, tiny_model_dir):
+    """A user's one-line file, notes, an unrelated JSON Lines file and another stage's output sharing the input's
+    ids: each is refused in one line and left byte-identical (no 'interrupted run' cut, nothing appended)."""
+    src = write_jsonl("seg.jsonl", [with_segments(SHORT), {**with_segments(SHORT), "id": "s2"}])
+    bench = write_jsonl("bench.jsonl", [{"id": "p1", "problem": "What is 3 + 4?", "answer": "7"}])
+    (tmp_path / "results.json").write_text("my results, one line")
+    (tmp_path / "notes.txt").write_text("notes\nmore notes\n")
+    write_jsonl("other.jsonl", [{"id": "x", "text": "mine"}])
+    assert segkit("segment", write_jsonl("raw.jsonl", [SHORT, {**SHORT, "id": "s2"}]), "--out",
+                  tmp_path / "segmented.jsonl")[0] == 0  # shares the input's ids
+    model = ["--model", tiny_model_dir, "--steps", 2]
+    for name in ("results.json", "other.jsonl", "segmented.jsonl"):
+        out = tmp_path / name
+        before = snapshot(out, src)
+        rc, _, err = in_process(capsys, "attribute", src, "--out", out, *model)
+        assert rc == 2 and f"{out}: exists and was not written by this stage" in one_line(err, "attribute")
+        assert snapshot(out, src) == before
+    notes = tmp_path / "notes.txt"
+    before = snapshot(notes, bench)
+    rc, _, err = in_process(capsys, "evaluate", "--model", tiny_model_dir, "--data", bench, "--out", notes,
+                            "--max-new-tokens", 2)
+    assert rc == 2 and "not written by this stage" in one_line(err, "evaluate") and snapshot(notes, bench) == before
+    assert not (tmp_path / "notes.problems.jsonl").exists()  # nothing written beside it either
+    # its own output resumes; another process holding it is refused at once, OUT untouched
+    out = tmp_path / "att.jsonl"
+    assert in_process(capsys, "attribute", src, "--out", out, *model)[0] == 0
+    assert in_process(capsys, "attribute", src, "--out", out, *model)[0] == 0  # resumed: 2 already done
+    before = snapshot(out)
+    with out.open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as a running `segkit attribute` holds it
+        rc, _, err = in_process(capsys, "attribute", src, "--out", out, *model)
+    assert rc == 2 and f"{out}: another process is writing it now" in one_line(err, "attribute")
+    assert snapshot(out) == before
+
+
+def test_options_are_not_silently_dropped(tmp_path, write_jsonl, earlier_out):
+    """A list option given twice adds to the list; any other option given twice, a negative --limit and
+    --epochs 0 are refused in one line before any work."""
+    src = write_jsonl("in.jsonl", [SHORT])
+    out = tmp_path / "seg.jsonl"
+    rc, _, err = segkit("segment", src, "--out", out, "--keyword", "\\n\\nWait", "--keyword", "\\n\\nAlternatively")
+    assert rc == 0, err
+    assert len(load(out)[0]["segments"]) == 3  # both keywords split, not only the last one given
+    before = snapshot(src, earlier_out)
+    for argv, command, message in [
+            (["segment", src, "--out", earlier_out, "--on-error", "skip", "--on-error", "stop"], "segment",
+             "--on-error given twice"),
+            (["segment", src, "--out", earlier_out, "--unique-ids", "stop", "--unique-ids", "suffix"], "segment",
+             "--unique-ids given twice"),
+            (["evaluate", "--model", MISSING_MODEL, "--data", src, "--out", earlier_out, "--limit", -1], "evaluate",
+             "--limit must be at least 1, or 0 for every problem; got -1"),
+            (["train", src, "--out", tmp_path / "model", "--epochs", 0], "train", "--epochs and --lr must be above 0"),
+            (["train", src, "--out", tmp_path / "model", "--limit", -1], "train", "--skip and --limit cannot be")]:
+        rc, _, err = segkit(*argv)
+        assert rc == 2 and message in one_line(err, command)
+        assert snapshot(src, earlier_out) == before and not (tmp_path / "model").exists()
+
+
+def test_a_copied_record_is_not_renamed_into_two(write_jsonl, tmp_path):
+    """Two copies of one record (two runs appended to one file): the message says so and --unique-ids suffix,
+    which is for distinct records sharing an id, does not keep both."""
+    src = write_jsonl("in.jsonl", [SHORT, {**SHORT, "id": "s2"}, SHORT])
+    out = tmp_path / "out.jsonl"
+    for extra in ([], ["--unique-ids", "suffix"]):
+        rc, _, err = segkit("segment", src, "--out", out, *extra)
+        assert rc == 2 and f"{src}:3: repeats line 1 exactly (id 's1')" in one_line(err, "segment")
+        assert not out.exists()
+    src = write_jsonl("in2.jsonl", [SHORT, {**SHORT, "answer": "8"}])
+    rc, _, err = segkit("segment", src, "--out", out)
+    assert rc == 2 and "for distinct records that share an id; not for copies" in one_line(err, "segment")
+
+
+def test_a_failed_write_is_one_line_and_keeps_the_finished_model(capsys, tmp_path, write_jsonl, monkeypatch):
+    """The disk fills while a retrain saves: one line naming OUT, the old model folder (its train_summary.json
+    included) byte-identical, no temporary folder left."""
+    import errno
+
+    from segkit.synth import SynthConfig, run_synth
+    from transformers import PreTrainedModel
+
+    data, out = tmp_path / "train.jsonl", tmp_path / "model"
+    run_synth(SynthConfig(out=str(data), n=8, seed=1))
+    args = ["train", data, "--out", out, "--epochs", 1, "--batch-size", 4, "--threads", 1]
+    assert in_process(capsys, *args)[0] == 0
+    before = snapshot(out, data)
+
+    def disk_full(self, path, *a, **k):
+        (Path(path) / "model.safetensors").write_bytes(b"half")  # a write that started, then the disk was full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", disk_full)
+    rc, _, err = in_process(capsys, *args, "--seed", 1)
+    assert rc == 2 and f"{out}: cannot write: No space left on device; free some space" in one_line(err, "train")
+    assert snapshot(out, data) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "train.jsonl"]  # no .partial folder left
+
+
+def test_strict_json_in_and_out(write_jsonl, tmp_path, earlier_out):
+    """A lone surrogate, a number too large for a float and NaN are per-record errors with file:line that
+    --on-error skip skips; nothing a stage writes holds NaN or Infinity."""
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join([json.dumps({**SHORT, "id": "a", "question": "q\ud800"}),  # \ud800 escaped by dumps
+                              json.dumps({**SHORT, "id": "b"}).replace('"7"', "1e400"),
+                              json.dumps({**SHORT, "id": "c"}).replace('"7"', "NaN"),
+                              json.dumps({**SHORT, "id": "d"})]) + "\n")
+    before = snapshot(src, earlier_out)
+    rc, _, err = segkit("segment", src, "--out", earlier_out)
+    assert rc == 2 and f"{src}:1: holds a lone UTF-16 surrogate (\\ud800)" in one_line(err, "segment")
+    assert snapshot(src, earlier_out) == before
+    rc, _, err = segkit("segment", src, "--out", earlier_out, "--on-error", "skip")
+    assert rc == 0 and finished_ids(earlier_out) == ["d"]
+    assert f"{src}:2: not strict JSON: the number 1e400 is not finite" in err and f"{src}:3: not strict" in err
+    out = tmp_path / "computed.jsonl"
+    res = run_stage(lambda r: {**r, "x": float("nan") if r["id"] == "d" else 1.0}, earlier_out, out,
+                    required=(), on_error="skip", progress=False)
+    assert res.skipped_ids == ["d"] and "Out of range float values are not JSON compliant" in res.skipped[0]
+    assert out.read_text() == ""
+
+
+def test_a_choice_over_nothing_is_missing_not_nan(tmp_path):
+    """Traces too short to leave the tau/beta rule a segment to decide: the paper's default is kept, the reason
+    says the comparison is missing, and the choice file holds null, never NaN."""
+    import pandas as pd
+
+    from segkit.analysis import choose_tau_beta_on_signal, save_choice
+
+    nan = float("nan")
+    spread = pd.DataFrame([  # the default cell selects every decided segment: no unselected one to compare with
+        {"tau": 0.5, "beta": 0.8, "segment_ratio": 0.5, "confidence_gap": 0.2, "ci_low": 0.1, "ci_high": 0.3,
+         "vs_default": nan, "vs_default_ci_low": nan, "vs_default_ci_high": nan},
+        {"tau": 0.7, "beta": 0.8, "segment_ratio": 1.0, "confidence_gap": nan, "ci_low": nan, "ci_high": nan,
+         "vs_default": nan, "vs_default_ci_low": nan, "vs_default_ci_high": nan}])
+    choice = choose_tau_beta_on_signal(spread)
+    assert (choice["tau"], choice["beta"]) == (0.7, 0.8) and choice["confidence_gap"] is None
+    assert "nan" not in choice["reason"].lower() and "is missing (the paper's cell has no confidence gap" in \
+        choice["reason"]
+    text = save_choice(choice, tmp_path / "choice.json").read_text()
+    assert "NaN" not in text and json.loads(text)["vs_default"] is None
+
+
+def test_vllm_relaunch_finds_only_what_was_installed(tmp_path, monkeypatch, capsys, write_jsonl):
+    """A `.venv-vllm` in the current folder is not run; a relaunch that exits 0 having written nothing is an
+    error, not a success."""
+    import importlib.util
+
+    from segkit import generation
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here: nothing to relaunch")
+    planted = tmp_path / ".venv-vllm" / "bin" / "segkit"
+    planted.parent.mkdir(parents=True)
+    planted.write_text(f"#!/bin/sh\ntouch {tmp_path / 'ran'}\n")
+    planted.chmod(0o755)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SEGKIT_VLLM_SEGKIT", raising=False)
+    assert generation.vllm_segkit() != str(planted) and generation.vllm_segkit() != ".venv-vllm/bin/segkit"
+    bench = write_jsonl("bench.jsonl", [{"id": "p1", "problem": "What is 3 + 4?", "answer": "7"}])
+    silent = tmp_path / "silent-segkit"
+    silent.write_text("#!/bin/sh\nexit 0\n")
+    silent.chmod(0o755)
+    monkeypatch.setenv("SEGKIT_VLLM_SEGKIT", str(silent))
+    out = tmp_path / "eval.jsonl"
+    rc, _, err = in_process(capsys, "evaluate", "--model", "m", "--data", bench, "--engine", "vllm", "--out", out)
+    assert rc == 2 and f"exited 0 but {out} lacks 1 problem(s) (first: bench/p1)" in one_line(err, "evaluate")
+    assert not (tmp_path / "ran").exists()
+
+
+def test_version_and_a_refused_pickle_are_one_line(capsys, tmp_path, write_jsonl, tiny_model_dir):
+    from importlib.metadata import version
+
+    rc, out, _ = segkit("--version")
+    assert rc == 0 and out.strip() == f"segkit {version('segkit')}"
+    model = tmp_path / "pickled"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "model.safetensors").unlink()
+    (model / "pytorch_model.bin").write_bytes(  # a pickle that would run os.system on load
+        b"\x80\x04\x95\x1a\x00\x00\x00\x00\x00\x00\x00\x8c\x02os\x8c\x06system\x93\x8c\x04true\x85R.")
+    src = write_jsonl("in.jsonl", [with_segments(SHORT)])
+    rc, _, err = in_process(capsys, "attribute", src, "--out", tmp_path / "o.jsonl", "--model", model)
+    assert rc == 2 and "refused to unpickle" in one_line(err, "attribute")
+
+
+def test_a_full_disk_while_appending_keeps_the_records_before(write_jsonl, tmp_path, monkeypatch):
+    """ENOSPC at the second record's write: one OutputError naming OUT; the first record stays, whole, and the
+    rerun resumes after it."""
+    import contextlib
+    import errno
+
+    from segkit import records
+
+    src, out = write_jsonl("in.jsonl", [SHORT, {**SHORT, "id": "s2"}, {**SHORT, "id": "s3"}]), tmp_path / "out.jsonl"
+    real = records.locked_append
+
+    class FullAfterOne:
+        def __init__(self, f):
+            self.f, self.name, self.n = f, f.name, 0
+
+        def write(self, text):
+            self.n += 1
+            if self.n > 1:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.f.write(text)
+
+        def flush(self):
+            self.f.flush()
+
+    @contextlib.contextmanager
+    def full_disk(path, before):
+        with real(path, before) as f:
+            yield FullAfterOne(f)
+
+    monkeypatch.setattr(records, "locked_append", full_disk)
+    with pytest.raises(OutputError, match=f"{out}: cannot write: No space left on device; free some space"):
+        run_stage(lambda r: r, src, out, required=(), progress=False)
+    assert finished_ids(out) == ["s1"]
+    monkeypatch.setattr(records, "locked_append", real)
+    assert run_stage(lambda r: r, src, out, required=(), progress=False).resumed == 1
+    assert finished_ids(out) == ["s1", "s2", "s3"]
+
+
+@pytest.mark.parametrize("stage", ["segment", "select"])
+def test_an_input_without_records_is_refused_not_an_empty_success(stage, tmp_path):
+    src = tmp_path / "empty.jsonl"
+    src.write_text("\n  \n")
+    rc, _, err = segkit(stage, src, "--out", tmp_path / "out.jsonl")
+    assert rc == 2 and f"{src}: holds no records" in one_line(err, stage)
+    assert not (tmp_path / "out.jsonl").exists()

@@ -54,8 +54,10 @@ def test_bad_input_is_named_and_earlier_results_stay(bad, stage, message, tmp_pa
     good = with_segments(OTHER)
     src = write_jsonl("in.jsonl", [good, bad, {**good, "id": "after"}])
     out = tmp_path / "out.jsonl"
-    out.write_text(earlier := json.dumps({**good, "id": "earlier"}) + "\n")
     extra = ["--model", tiny_model_dir, "--steps", 2] if stage == "attribute" else []
+    # an earlier OUT of this stage (an appending stage resumes only its own output, issue 19)
+    assert run(stage, write_jsonl("earlier.jsonl", [{**good, "id": "earlier"}]), "--out", out, *extra) == 0
+    earlier = out.read_text()
     assert run(stage, src, "--out", out, *extra) == 2
     err = capsys.readouterr().err
     (line,) = [x for x in err.splitlines() if x.startswith(f"segkit {stage}: error: ")]  # one line, no traceback

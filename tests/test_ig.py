@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from segkit import attribute as A
+from segkit import attribute
 from segkit import ig
 
-FIXED = [m for m in A.IG_METHODS if m != "adaptive"]
+FIXED = [m for m in attribute.IG_METHODS if m != "adaptive"]
 
 
 @pytest.mark.parametrize("method", [m for m in FIXED if m != "paper"])
@@ -108,7 +108,7 @@ def test_baseline_embeds():
 
 def test_every_ig_method_is_known_to_the_core():
     path, _, f1 = cubic_path()
-    for m in A.IG_METHODS:
+    for m in attribute.IG_METHODS:
         raw, _ = ig.integrated_gradients(path, 0.0, f1, m, 4)
         assert raw.shape == (5,)
 

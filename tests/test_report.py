@@ -10,13 +10,14 @@ import pytest
 import yaml
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from segkit import cache, pipeline
+from segkit import cache
+from segkit.config import TESTBED
 from segkit.cli import main
+from segkit.index import write_index
 from segkit.params import CheckError
 from segkit.pipeline import PipelineConfig
 from segkit.records import OutputError
-from segkit.report import (DEFAULT_PARAMS, NOTEBOOKS, ReportConfig, ReportError, load_params, run_report,
-                           write_index)
+from segkit.report import DEFAULT_PARAMS, NOTEBOOKS, ReportConfig, ReportError, load_params, run_report
 
 SHIPPED = sorted(NOTEBOOKS.glob("*.ipynb"))
 
@@ -38,14 +39,20 @@ def test_shipped_notebook_is_clean_with_one_parameters_cell(path):
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
-def test_every_notebook_declares_the_pipeline_config_in_its_parameters_cell(path):
-    """One set of names (PipelineConfig's fields) in every notebook, turned into the config by config_from."""
+def test_every_notebook_takes_the_pipeline_as_one_mapping_and_only_its_own_knobs(path):
+    """The pipeline's values arrive as one mapping, turned into the config by one segkit call; the parameters cell
+    holds the notebook's own knobs only (issue 17: not 40 lines restating PipelineConfig)."""
     import papermill
 
     declared = set(papermill.inspect_notebook(str(path)))
-    assert {f.name for f in dataclasses.fields(PipelineConfig)} <= declared
-    source = "".join(c.source for c in nbformat.read(path, as_version=4).cells)
-    assert "config_from(globals(), notebook=True)" in source and "PipelineConfig(" not in source
+    assert {"pipeline_params", "workdir"} <= declared
+    assert not declared & ({f.name for f in dataclasses.fields(PipelineConfig)} - {"workdir"})
+    cells = nbformat.read(path, as_version=4).cells
+    (params,) = [c for c in cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(params.source.splitlines()) <= 15
+    source = "".join(c.source for c in cells)
+    assert source.count("notebook_config(pipeline_params, workdir)") == 1 and "globals()" not in source
+    assert "PipelineConfig(" not in source and " as P\n" not in source and " as A\n" not in source
 
 
 @pytest.mark.parametrize("name", ["default", "full", "smollm2", "paper"])
@@ -53,10 +60,10 @@ def test_shipped_parameter_files_fit_the_notebooks(name):
     spec, runs = load_params(DEFAULT_PARAMS.with_name(f"{name}.yaml"), NOTEBOOKS, workdir=Path("/tmp/w"))
     assert [r.notebook.name for r in runs][0].startswith("01") and len({r.name for r in runs}) == len(runs)
     for r in runs:  # every run is a valid pipeline configuration (stage options included)
-        pipeline.config_from(r.given, notebook=True)
+        r.config()
     # a real LM in every file: SmolLM2 as a second attributor on the testbed, or as the base model
-    assert any("smollm2-135m-instruct" in (r.parameters.get("attributor"), r.parameters.get("base_model"))
-               for r in runs) or name == "paper"
+    given = [r.parameters["pipeline_params"] for r in runs]
+    assert any("smollm2-135m-instruct" in (g["attributor"], g["base_model"]) for g in given) or name == "paper"
     # paths go in relative to the notebook's folder (the kernel's working folder)
     assert all((r.notebook.parent / r.parameters["workdir"]).resolve() == Path("/tmp/w").resolve() for r in runs)
 
@@ -65,14 +72,8 @@ def test_a_name_the_file_leaves_out_takes_the_pipeline_default_not_the_notebooks
     params = tmp_path / "p.yaml"
     params.write_text(yaml.safe_dump({"parameters": {"n_test": 7}, "runs": ["01_attribution_analysis.ipynb"]}))
     _, (run,) = load_params(params, NOTEBOOKS, workdir=tmp_path)
-    nb_default = papermill_defaults(run.notebook)["n_train"]
-    assert run.parameters["n_test"] == 7 and run.parameters["n_train"] == PipelineConfig.n_train != int(nb_default)
-
-
-def papermill_defaults(path):
-    import papermill
-
-    return {k: v["default"] for k, v in papermill.inspect_notebook(str(path)).items()}
+    given = run.parameters["pipeline_params"]
+    assert given["n_test"] == 7 and given["n_train"] == PipelineConfig.n_train != TESTBED["n_train"]
 
 
 def test_paper_parameters_check_names_what_is_missing_and_how_to_bring_it(capsys):
@@ -217,7 +218,7 @@ def test_a_failing_cell_stops_the_run_and_keeps_the_partial_notebook(project):
 def test_unknown_parameters_are_named(project):
     spec = {**project["spec"], "runs": [{"notebook": "01_tiny.ipynb", "parameters": {"greting": "typo"}}]}
     project["params"].write_text(yaml.safe_dump(spec))
-    with pytest.raises(ValueError, match=r"01_tiny.ipynb has no parameters \['greting'\]"):
+    with pytest.raises(ValueError, match=r"run '01_tiny': parameters: unknown name 'greting' \(did you mean 'greeting'"):
         run_report(project["cfg"]())
 
 
@@ -244,7 +245,7 @@ def test_a_data_file_changed_in_place_executes_the_notebook_again(project):
     data = project["dir"] / "traces.jsonl"
     data.write_text('{"question": "q", "solution": "s", "answer": "1"}\n')
     spec = {**project["spec"], "runs": [{"notebook": "03_data.ipynb"}]}
-    spec["parameters"] = {**spec["parameters"], "train_data": str(data)}
+    spec["parameters"] = {**spec["parameters"], "train_data": str(data), "base_model": "scratch"}
     project["params"].write_text(yaml.safe_dump(spec))
     run_report(project["cfg"]())
     assert "1 reused" in run_report(project["cfg"]()) and executions(project) == 1
@@ -278,7 +279,7 @@ def test_fresh_deletes_only_a_work_folder_the_runner_made(project, tmp_path):
     assert executions(project) == 2
 
 
-# a notebook writing its headline numbers where the runner says (as 03 does with segkit.analysis.finetuning_headline)
+# a notebook writing its headline numbers where the runner says (as 03 does with segkit.headline.finetuning)
 HEADLINE = ('from segkit.records import write_json\n'
             'write_json({"modes": [{"mode": "full", "accuracy": 0.5, "mean_length": 12.0}], "differences": [],\n'
             '            "verdict": f"{greeting} says full"}, headline_file)')
@@ -302,10 +303,10 @@ def test_headline_file_is_injected_relative_to_the_notebook_unless_the_run_sets_
     assert "headline_file" not in tiny.parameters  # 01_tiny does not declare it
     _, (head, _) = load_params(project["params"], nbs, workdir=project["dir"] / "runs")
     assert "headline_file" not in head.parameters  # no output folder given (check): the notebook's default
-    spec["runs"][0]["parameters"] = {"headline_file": "mine.json"}
+    spec["runs"][0]["parameters"] = {"headline_file": "mine.json"}  # where a run writes is the runner's to say
     project["params"].write_text(yaml.safe_dump(spec))
-    _, (head, _) = load_params(project["params"], nbs, workdir=project["dir"] / "runs", out=reports)
-    assert head.parameters["headline_file"] == "mine.json"
+    with pytest.raises(ValueError, match="'headline_file' is set by segkit report"):
+        load_params(project["params"], nbs, workdir=project["dir"] / "runs", out=reports)
 
 
 def test_the_runner_stamps_the_headline_json_and_the_index_shows_it(project):

@@ -1,5 +1,3 @@
-import math
-
 import pytest
 
 from segkit.score import always_kept, consistency, select, strength, top_by_cumulative

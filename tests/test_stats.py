@@ -98,7 +98,7 @@ def test_verdict_sentence_follows_the_intervals():
               "ci_high": 0.09},
              {"mode": "oracle", "vs": "full", "metric": "accuracy", "diff": 0.2, "ci_low": 0.1, "ci_high": 0.3}]
     assert stats.verdict(diffs) == (
-        "(95% intervals) selective vs full: accuracy +0.030 [-0.010, +0.070], no difference; "
+        "(95% intervals) selective vs full: accuracy +0.030 [-0.010, +0.070], not detected; "
         "mean length -12.0 [-18.0, -6.0] tokens, shorter. "
         "selective vs random: accuracy +0.050 [+0.010, +0.090], higher.")
     assert stats.verdict(diffs, mode="oracle").endswith("oracle vs full: accuracy +0.200 [+0.100, +0.300], higher.")
@@ -118,3 +118,72 @@ def test_auc_interval_matches_resampling_traces_one_by_one():
     lo, hi = stats.percentile_interval(np.array(loop))
     assert fast["ci_low"] == pytest.approx(lo, abs=0.02) and fast["ci_high"] == pytest.approx(hi, abs=0.02)
     assert fast["ci_low"] < fast["auc"] < fast["ci_high"]
+
+
+def base_rows(diffs: dict):
+    """Rows of modes "a" and "b" where a - b is ``diffs[base][problem]`` and b varies by problem."""
+    return rows_of({(m, base, p): (10.0 * p) + (d if m == "a" else 0.0)
+                    for base, per in diffs.items() for p, d in enumerate(per) for m in ("a", "b")})
+
+
+def test_base_model_t_interval_by_hand():
+    # base-model means of the paired differences: 1, 2, 3 -> mean 2, sd 1, se 1/sqrt(3); t(0.975, 2 df) = 4.302653
+    rows = base_rows({0: [0.0, 2.0], 1: [1.0, 3.0], 2: [3.0, 3.0]})
+    d = stats.base_model_difference(rows, "a", "b", "correct")
+    half = 4.302653 / np.sqrt(3)
+    assert d["diff"] == pytest.approx(2.0) and d["n_base"] == 3
+    assert (d["ci_low"], d["ci_high"]) == pytest.approx((2 - half, 2 + half), abs=1e-5)
+    # with 2 df the t distribution has a closed form: two-sided p = 1 - |t| / sqrt(t^2 + 2), t = 2 sqrt(3)
+    t = 2 * np.sqrt(3)
+    assert d["p_value"] == pytest.approx(1 - t / np.sqrt(t ** 2 + 2), abs=1e-9)
+    # the problems within a base model do not narrow it: many problems, the same three base-model means
+    wide = stats.base_model_difference(base_rows({b: [b + 1.0] * 40 for b in range(3)}), "a", "b", "correct")
+    assert (wide["ci_low"], wide["ci_high"]) == pytest.approx((d["ci_low"], d["ci_high"]))
+    one = stats.base_model_difference(base_rows({0: [1.0, 2.0]}), "a", "b", "correct")
+    assert one["diff"] == 1.5 and np.isnan(one["ci_low"]) and np.isnan(one["p_value"])
+
+
+def test_holm_by_hand():
+    # sorted p 0.01, 0.03, 0.04 times 3, 2, 1 -> 0.03, 0.06, 0.04 -> made monotone: 0.03, 0.06, 0.06
+    reject, adjusted = stats.holm([0.01, 0.04, 0.03])
+    assert reject == [True, False, False] and adjusted == pytest.approx([0.03, 0.06, 0.06])
+    assert stats.holm([0.001, 0.02], alpha=0.05) == ([True, True], pytest.approx([0.002, 0.02]))
+
+
+def test_verdict_words():
+    assert stats.verdict_word(-0.1, 0.3) == "not detected"
+    assert stats.verdict_word(0.1, 0.3) == "higher" and stats.verdict_word(-0.3, -0.1) == "lower"
+    assert stats.verdict_word(-0.02, 0.03, margin=0.05) == "equivalent within 0.05"
+    assert stats.verdict_word(-0.02, 0.06, margin=0.05) == "not detected"  # the margin must hold all of it
+    assert stats.verdict_word(0.01, 0.02, margin=0.05) == "equivalent within 0.05"
+    assert stats.verdict_word(float("nan"), float("nan")) == "not detected"
+
+
+def test_family_verdicts_hold_for_the_family():
+    # a - b: base means 1, 2, 3 (p 0.074: not detected); c - b: 1.0, 1.1, 0.9 (t = 17.3, p 0.0033, higher alone);
+    # d - b: 0.0, 0.01, -0.01 (inside a margin of 0.1)
+    per_mode = {"a": [1.0, 2.0, 3.0], "c": [1.0, 1.1, 0.9], "d": [0.0, 0.01, -0.01]}
+    rows = rows_of({(m, base, p): 5.0 * p + (per_mode[m][base] if m in per_mode else 0.0)
+                    for m in ("a", "b", "c", "d") for base in range(3) for p in range(4)})
+    out = stats.family_verdicts(rows, [("a", "b"), ("c", "b"), ("d", "b")], "correct", margin=0.1)
+    assert [d["verdict"] for d in out] == ["not detected", "higher", "equivalent within 0.1"]
+    assert out[1]["p_holm"] == pytest.approx(min(1.0, 3 * out[1]["p_value"]))
+    # a fourth comparison with p a little under 0.05 is "higher" alone, but not after Holm over four
+    per_mode["e"] = [0.65, 1.0, 1.35]  # t = 4.95, p = 0.038; Holm: 3 x 0.038 > 0.05
+    rows = rows_of({(m, base, p): 5.0 * p + (per_mode[m][base] if m in per_mode else 0.0)
+                    for m in ("a", "b", "c", "d", "e") for base in range(3) for p in range(4)})
+    alone = stats.base_model_difference(rows, "e", "b", "correct")
+    assert alone["ci_low"] > 0 and stats.verdict_word(alone["ci_low"], alone["ci_high"]) == "higher"
+    out = stats.family_verdicts(rows, [("a", "b"), ("c", "b"), ("d", "b"), ("e", "b")], "correct")
+    assert out[3]["verdict"] == "not detected" and out[1]["verdict"] == "higher"
+
+
+def test_auc_equals_scikit_learn_with_ties():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(7)
+    for n in (5, 40, 300):
+        scores = rng.integers(0, 6, size=n).astype(float)  # six values: many ties
+        labels = rng.random(n) < 0.3
+        labels[:2] = [True, False]
+        assert stats.roc_auc(scores, labels) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)

@@ -1,12 +1,16 @@
-"""The planted-role testbed: deterministic, aligned with the segmenter, split cleanly, answers right."""
+"""The planted-role testbed: deterministic, aligned with the segmenter, split cleanly, answers right; the functional
+style's roles follow what the answer reads, and its surface does not give them away."""
 import re
 
 import pytest
 
 from segkit import cli
 from segkit.records import load
+from segkit.score import ALWAYS_KEEP
 from segkit.segment import segment
 from segkit.synth import OPS, REDUNDANT, ROLES, USEFUL, SynthConfig, in_split, make_records, run_synth
+from segkit.synth_functional import DERIVATION, answer_reached, changes_answer
+from segkit.analysis.controls import surface_summary
 
 
 def solve(question: str) -> int:
@@ -139,3 +143,82 @@ def test_a_share_of_restated_answers_mixes_both_endings_and_keeps_the_problems()
     for rec, boxed in zip(half, restated):  # either ending, with its value only where it restates
         final = segment(rec["solution"])[-1]
         assert (f"\\boxed{{{rec['answer']}}}" in final) == boxed and bool(re.search(r"\d", final)) == boxed
+
+
+# the functional testbed: roles that only function reveals (segkit.synth_functional)
+FUNCTIONAL_KNOBS = [{}, {"chain_length": 4, "distractors": 2, "modulus": 7, "redundant": 3.0},
+                    {"order": "shuffled", "chain_length": 1, "restate_answer": 0},
+                    {"chain_length": 3, "ops": "*", "mix": "verify=3,repeat=1,truncated=0,distractor=1"},
+                    {"style": "concise", "chain_length": 3}]
+
+
+@pytest.mark.parametrize("knobs", FUNCTIONAL_KNOBS)
+def test_functional_roles_line_up_with_segments_and_reach_the_answer(knobs):
+    for seed in range(4):
+        for rec in make_records(SynthConfig(out="", n=25, seed=seed, roles="functional", **knobs)):
+            sol, roles = rec["solution"], rec["segment_roles"]
+            for keywords in ("paper", "retro"):
+                assert len(segment(sol, keywords)) == len(roles), (keywords, sol)
+            assert "".join(segment(sol)) == sol and roles[-1] == "final" and "final" not in roles[:-1]
+            assert set(roles) <= set(ROLES) - {"correction"}
+            assert int(rec["answer"]) == solve(rec["question"]) == answer_reached(rec)
+
+
+@pytest.mark.parametrize("knobs", FUNCTIONAL_KNOBS)
+def test_functional_useful_means_the_answer_changes_with_the_segment(knobs):
+    roles = []
+    for rec in make_records(SynthConfig(out="", n=60, seed=11, roles="functional", **knobs)):
+        for i, role in enumerate(rec["segment_roles"][:-1]):
+            assert changes_answer(rec, i) == (role in USEFUL), (role, i, rec["solution"])
+            roles.append(role)
+    if knobs.get("style") != "concise":
+        assert {"core", "verify", "repeat", "distractor"} <= set(roles)
+
+
+def test_changes_answer_on_a_trace_written_by_hand():
+    rec = {"question": "Let b = 2. Let c = 3. Step 1: d = b + c. Step 2: f = d * 4. Let g = c + 1. "
+                       "Working modulo 10, what is f?",
+           "solution": "Wait, d = b + c = 2 + 3, so d = 5"            # 0: overwritten by 2 before f reads d
+                       "\n\nWait, g = c + 1 = 3 + 1, so g = 4"          # 1: f does not need g
+                       "\n\nBut wait, d = b + c = 2 + 3, so d = 5"      # 2: the d that f reads
+                       "\n\nHowever, f = d * 4 = 5 * 4, so f = ?"        # 3: stops before its value
+                       "\n\nAlternatively, f = d * 4 = 5 * 4, so f = 0"  # 4: the answer
+                       "\n\nWait, d = b + c = 2 + 3, so d = 5"          # 5: after the last read of d
+                       "\n\nGoing back, f = 0. So, the final answer is \\boxed{0}."}
+    assert answer_reached(rec) == 0 and answer_reached(rec, corrupt=2) == 4  # d = 6: 24 mod 10
+    assert [changes_answer(rec, i) for i in range(6)] == [False, False, True, False, True, False]
+    with pytest.raises(ValueError, match="segment 4 states f = 7, its operands give 0"):  # a trace must add up
+        answer_reached({**rec, "solution": rec["solution"].replace("so f = 0", "so f = 7")})
+
+
+def test_functional_verify_and_repeat_are_the_same_text_of_the_same_value():
+    recs = make_records(SynthConfig(out="", n=200, seed=3, roles="functional"))
+    bodies = {role: {DERIVATION.search(s).group(0) for rec in recs  # the segment without its opener
+                     for s, r in zip(segment(rec["solution"]), rec["segment_roles"]) if r == role}
+              for role in ("verify", "repeat", "core")}
+    assert bodies["verify"] & bodies["repeat"] and bodies["core"] & bodies["repeat"]
+
+
+@pytest.mark.parametrize("roles", ["functional", "worded"])
+def test_length_and_position_alone_do_not_separate_the_functional_roles(roles):
+    # fails where the surface gives the roles away: on the worded testbed, length alone ranks useful segments first
+    records = make_records(SynthConfig(out="", n=300, seed=5, roles=roles))
+    summary = surface_summary(records)
+    if roles == "functional":
+        # every segment but the final one, and those auc_table scores (the always-kept ones left out)
+        for s in (summary, surface_summary(records, always_keep=ALWAYS_KEEP)):
+            assert 0.4 <= s["auc"]["length_words"] <= 0.6 and 0.4 <= s["auc"]["position"] <= 0.6, s
+        assert max(summary["mean_words"].values()) - min(summary["mean_words"].values()) < 0.5
+    else:
+        assert summary["auc"]["length_words"] > 0.9
+
+
+def test_functional_concise_is_the_useful_path_and_the_command_line_takes_it(tmp_path):
+    out = tmp_path / "f.jsonl"
+    assert cli.main(["synth", "--out", str(out), "--n", "30", "--roles", "functional", "--style", "concise",
+                     "--chain-length", "3"]) == 0
+    assert all(r["segment_roles"] == ["core"] * 3 + ["final"] for r in load(out))
+    long = make_records(SynthConfig(out="", n=30, roles="functional", chain_length=3))
+    assert sum(len(r["segment_roles"]) for r in long) > 1.5 * 4 * 30
+    with pytest.raises(SystemExit):  # argparse refuses a design it does not know
+        cli.main(["synth", "--out", str(out), "--roles", "planted"])

@@ -1,4 +1,5 @@
-"""Label masks per mode (checked by decoding the trained tokens), all-masked examples skipped, a real Trainer run."""
+"""Loss masks per mode (checked by decoding the trained tokens), the collator's labels, all-masked examples skipped,
+a real Trainer run."""
 import importlib.util
 import json
 import logging
@@ -6,13 +7,16 @@ import math
 
 import pytest
 
-from segkit import prompt as P
+from segkit import prompt
+from segkit.finetune import fit
+from segkit.modes import MODES, segments_for_mode
 from segkit.records import dump
+from segkit.roles import USEFUL
 from segkit.score import always_kept
 from segkit.segment import segment
-from segkit.score import MODES, segments_for_mode
-from segkit.synth import USEFUL, SynthConfig, make_records
-from segkit.train import TrainConfig, build_example, build_model, build_tokenizer, prepare, run_train
+from segkit.synth import SynthConfig, make_records
+from segkit.testbed_model import tokenizer_corpus
+from segkit.train import MaskCollator, TrainConfig, build_example, build_model, build_tokenizer, prepare
 
 SMALL = dict(chain_length=2, distractors=1, redundant=1.0)  # short traces keep the Trainer run to seconds
 
@@ -26,13 +30,14 @@ def records():
         r["strength"] = [1.0 if i == 1 else 0.0 for i in range(n)]
         r["segment_log_perplexity"] = [0.1 * i for i in range(n)]
         r["segment_entropy"] = [0.1 * (n - i) for i in range(n)]
+        r["attributions"] = [[0.0] * (1 + i % 3) for i in range(n)]  # token counts for the token-matched modes
     return recs
 
 
 @pytest.fixture(scope="module")
 def tok(records, tmp_path_factory):
     path = tmp_path_factory.mktemp("tok")
-    build_tokenizer([P.PROMPT_SUFFIX, P.ANSWER_TEMPLATE] + [r["question"] + r["solution"] for r in records], path)
+    build_tokenizer(tokenizer_corpus(records), path)
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(path))
@@ -52,9 +57,8 @@ def runs(indices):
 def trained_texts(tok, ex):
     """The text of every contiguous run of trained tokens."""
     texts, cur = [], []
-    for i, label in zip(ex["input_ids"], ex["labels"]):
-        if label != -100:
-            assert label == i
+    for i, trained in zip(ex["input_ids"], ex["loss_mask"]):
+        if trained:
             cur.append(i)
         elif cur:
             texts.append(tok.decode(cur)), cur.clear()
@@ -63,11 +67,11 @@ def trained_texts(tok, ex):
 
 def test_tokenizer_round_trips_with_offsets(tok, records):
     sol = records[0]["solution"]
-    ids, offsets = P.encode(tok, sol)
+    ids, offsets = prompt.encode(tok, sol)
     assert tok.decode(ids) == sol
     assert [sol[a:b] for a, b in offsets] == [tok.decode([i]) for i in ids]
     assert len(ids) < len(sol.split()) * 2  # words and numbers are whole tokens
-    assert P.format_prompt(tok, "Q?").endswith("<think>\n")
+    assert prompt.format_prompt(tok, "Q?").endswith("<think>\n")
 
 
 def expected_choice(rec, mode, n):
@@ -84,16 +88,18 @@ def test_trained_tokens_are_exactly_the_chosen_segments(tok, records, mode):
     for rec in records:
         segs = segment(rec["solution"])
         chosen = expected_choice(rec, mode, len(segs))
-        if chosen is None:  # random: as many as the selection, drawn reproducibly per trace
+        if chosen is None:  # random (as many as the selection) and the token-matched controls, reproducibly per trace
             chosen = segments_for_mode(rec, mode, seed=3)
-            assert len(chosen) == len(rec["selected_spans_ids"]) and set(chosen) <= set(range(len(segs)))
+            assert mode != "random" or len(chosen) == len(rec["selected_spans_ids"])
+            assert set(chosen) <= set(range(len(segs)))
             assert chosen == segments_for_mode(rec, mode, seed=3)
         kept = sorted(set(chosen) | set(always_kept(len(segs))))
         assert segments_for_mode(rec, mode, seed=3) == sorted(chosen)
         ex = build_example(tok, rec, mode, seed=3)
-        prompt_ids = P.encode(tok, P.format_prompt(tok, rec["question"]))[0]
-        assert ex["input_ids"][:len(prompt_ids)] == prompt_ids and set(ex["labels"][:len(prompt_ids)]) == {-100}
-        closing = P.answer_text(rec["answer"])[0] + tok.eos_token  # the think block closed with the answer
+        prompt_ids = prompt.encode(tok, prompt.format_prompt(tok, rec["question"]))[0]
+        assert ex["input_ids"][:len(prompt_ids)] == prompt_ids and set(ex["loss_mask"][:len(prompt_ids)]) == {0}
+        assert set(ex["loss_mask"]) <= {0, 1} and len(ex["loss_mask"]) == len(ex["input_ids"])
+        closing = prompt.answer_text(rec["answer"])[0] + tok.eos_token  # the think block closed with the answer
         if mode == "pruned":
             text = "".join(segs[i] for i in kept)
             expected = [text + closing]
@@ -121,13 +127,13 @@ def byte_tok(records):
     ("full", [], "", 16 / 16),
     ("selective", ["last"], "", 13 / 16),  # + segment 3 (3 bytes) and eos
     # the answer string: "</think>" (one special token) + " So, the final answer is \\boxed{4}" (34 bytes)
-    ("selective", ["last"], P.ANSWER_TEMPLATE, (12 + 35 + 1) / (15 + 35 + 1)),
-    ("pruned", ["first"], P.ANSWER_TEMPLATE, (3 + 9 + 35 + 1) / (15 + 35 + 1)),  # the pruned text ends trained
+    ("selective", ["last"], prompt.ANSWER_TEMPLATE, (12 + 35 + 1) / (15 + 35 + 1)),
+    ("pruned", ["first"], prompt.ANSWER_TEMPLATE, (3 + 9 + 35 + 1) / (15 + 35 + 1)),  # the pruned text ends trained
 ])
 def test_trained_token_fraction_by_hand(byte_tok, mode, keep, template, fraction):
     rec = {"id": "h", "question": "Q", "segments": ["Go.", " x1.", " y22.", " z."], "answer": "4",
            "selected_spans_ids": [1, 2]}
-    assert [len(P.encode(byte_tok, s)[0]) for s in rec["segments"]] == [3, 4, 5, 3]
+    assert [len(prompt.encode(byte_tok, s)[0]) for s in rec["segments"]] == [3, 4, 5, 3]
     _, stats = prepare(byte_tok, [rec], TrainConfig(data="", out="", mode=mode, always_keep=keep,
                                                      answer_template=template))
     assert stats["trained_tokens"] / stats["trace_tokens"] == pytest.approx(fraction, abs=1e-12)
@@ -139,8 +145,28 @@ def test_training_and_attribution_read_the_same_ids(tok, records, smol_tokenizer
         for rec in records[:5]:
             segs = segment(rec["solution"])
             ex = build_example(t, rec, "full")
-            assert ex["input_ids"] == P.assemble(t, rec["question"], segs, rec["answer"]).input_ids.tolist() + \
+            assert ex["input_ids"] == prompt.assemble(t, rec["question"], segs, rec["answer"]).input_ids.tolist() + \
                 [t.eos_token_id]
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_collator_labels_are_the_masked_tokens_padded_as_the_tokenizer_pads(tok, records, smol_tokenizer, side):
+    """One collator turns masks into labels: the same batch transformers' Seq2Seq collator makes from the labels
+    ``input_ids`` with -100 outside the mask (what segkit trained on before masks were data)."""
+    from transformers import DataCollatorForSeq2Seq
+
+    for t in (tok, smol_tokenizer):
+        t.padding_side = side
+        examples = [build_example(t, rec, "selective", max_length=40 + 30 * i) for i, rec in enumerate(records[:3])]
+        batch = MaskCollator(t.pad_token_id, side)(examples)
+        labelled = [{"input_ids": ex["input_ids"], "labels": [i if m else -100 for i, m in
+                                                              zip(ex["input_ids"], ex["loss_mask"])]}
+                    for ex in examples]
+        reference = DataCollatorForSeq2Seq(t, padding=True, label_pad_token_id=-100)(labelled)
+        t.padding_side = "right"
+        assert batch.keys() == reference.keys() and len({len(ex["input_ids"]) for ex in examples}) == 3
+        for k in batch:
+            assert batch[k].dtype == reference[k].dtype and batch[k].tolist() == reference[k].tolist(), k
 
 
 def test_other_modes_pick_as_many_segments_as_the_selection(records):
@@ -168,6 +194,21 @@ def test_missing_field_is_named(records, mode, field):
         segments_for_mode(records[0], "everything")
 
 
+def test_modes_say_what_they_train_and_which_cannot_run_on_real_data(records):
+    from segkit import modes
+
+    assert all(modes.describe(m) for m in MODES) and len(set(map(modes.describe, MODES))) == len(MODES)
+    real = [{k: v for k, v in r.items() if k != "segment_roles"} for r in records[:3]]
+    assert modes.unavailable(list(MODES), records[:3]) == {}
+    why = modes.unavailable(["full", "oracle", "selective"], records[:2] + real[:1])
+    assert list(why) == ["oracle"] and "segment_roles" in why["oracle"] and "segkit synth" in why["oracle"]
+    # fields a stage makes are not reasons: the pipeline attributes and selects before it trains
+    bare = [{"question": r["question"], "solution": r["solution"]} for r in real]
+    assert modes.unavailable(["selective", "perplexity"], bare) == {}
+    with pytest.raises(ValueError, match="unknown mode 'everything'"):
+        modes.unavailable(["everything"], records[:1])
+
+
 def test_all_masked_examples_are_skipped_with_a_warning(tok, records, caplog):
     empty = dict(records[0], id="empty", selected_spans_ids=[])
     cfg = TrainConfig(data="", out="", mode="selective", always_keep=[])
@@ -186,7 +227,7 @@ def test_trainer_run_saves_a_loadable_model(records, tmp_path):
     dump([dict(r, selected_spans_ids=[0] if i else []) for i, r in enumerate(records[:16])], data)
     out = tmp_path / "model"
     cfg = TrainConfig(data=str(data), out=str(out), mode="selective", epochs=1, batch_size=8, always_keep=[])
-    assert "selective: 15 examples (1 skipped" in run_train(cfg)  # the first record has nothing to train
+    assert "selective: 15 examples (1 skipped" in fit(cfg)  # the first record has nothing to train
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["n_examples"] == 15 and summary["n_skipped"] == 1 and math.isfinite(summary["train_loss"])
     assert 0 < summary["trained_token_fraction"] < 1
@@ -194,8 +235,8 @@ def test_trainer_run_saves_a_loadable_model(records, tmp_path):
     tok = AutoTokenizer.from_pretrained(str(out))
     assert model.config.model_type == "qwen2" and model.config.vocab_size == len(tok)
     # fine-tuning the saved folder goes through the shared loader
-    again = run_train(TrainConfig(data=str(data), out=str(tmp_path / "again"), init=str(out), mode="full",
-                                  epochs=1, batch_size=16, limit=8))
+    again = fit(TrainConfig(data=str(data), out=str(tmp_path / "again"), init=str(out), mode="full",
+                            epochs=1, batch_size=16, limit=8))
     assert "8 examples" in again
 
 
@@ -204,12 +245,11 @@ def test_saved_testbed_model_reads_text_as_it_was_trained(records, tmp_path):
     " modulo 10" into " modul", "o", " ", ...: the model then read text unlike anything it was trained on."""
     from segkit.models import load_model
 
-    texts = [P.PROMPT_SUFFIX, P.ANSWER_TEMPLATE] + [r["question"] + r["solution"] for r in records]
-    trained = build_tokenizer(texts)
+    trained = build_tokenizer(tokenizer_corpus(records))
     build_model(trained, path=tmp_path)
     _, loaded = load_model(str(tmp_path), device="cpu", dtype="float32")
     for r in records[:5]:
-        text = P.format_prompt(trained, r["question"]) + r["solution"]
+        text = prompt.format_prompt(trained, r["question"]) + r["solution"]
         ids = [t(text, add_special_tokens=False)["input_ids"] for t in (loaded, trained)]
         assert ids[0] == ids[1]
     assert loaded.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False) == \
@@ -267,7 +307,7 @@ def test_output_folder_must_not_be_the_init_folder(records, tmp_path):
     build_model(build_tokenizer([r["solution"] for r in records], tmp_path / "init"), path=tmp_path / "init")
     for out in (tmp_path / "init", tmp_path / "init" / "ft"):
         with pytest.raises(OutputError, match="init"):
-            run_train(TrainConfig(data=str(data), out=str(out), init=str(tmp_path / "init")))
+            fit(TrainConfig(data=str(data), out=str(out), init=str(tmp_path / "init")))
 
 
 def test_lora_trains_adapters_and_saves_a_merged_model(records, tmp_path):
@@ -277,10 +317,10 @@ def test_lora_trains_adapters_and_saves_a_merged_model(records, tmp_path):
 
     data, init, out = tmp_path / "data.jsonl", tmp_path / "init", tmp_path / "lora"
     dump(records[:8], data)
-    tok = build_tokenizer([P.PROMPT_SUFFIX, P.ANSWER_TEMPLATE] + [r["question"] + r["solution"] for r in records])
+    tok = build_tokenizer(tokenizer_corpus(records))
     build_model(tok, path=init)
-    line = run_train(TrainConfig(data=str(data), out=str(out), init=str(init), mode="full", epochs=2, batch_size=4,
-                                 lr=1e-2, lora_r=4, gradient_checkpointing=True, grad_accum=2))
+    line = fit(TrainConfig(data=str(data), out=str(out), init=str(init), mode="full", epochs=2, batch_size=4,
+                           lr=1e-2, lora_r=4, gradient_checkpointing=True, grad_accum=2))
     assert "8 examples" in line
     summary = json.loads((out / "train_summary.json").read_text())
     assert 0 < summary["n_trainable"] < summary["n_params"] / 10  # only the adapters trained
@@ -316,11 +356,12 @@ def test_smollm2_from_gguf_fine_tunes_saves_reloads_and_generates(records, tmp_p
     data, out = tmp_path / "sel.jsonl", tmp_path / "ft"
     dump(records[:2], data)
     # cut a few tokens into the trace (always-kept first segment): short steps, and the cut is counted
-    prompt = max(len(P.encode(smol_tokenizer, P.format_prompt(smol_tokenizer, r["question"]))[0]) for r in records[:2])
-    line = run_train(TrainConfig(data=str(data), out=str(out), init="smollm2-135m-instruct", mode="selective",
-                                 epochs=1, batch_size=2, lr=1e-4, warmup_ratio=0.0, max_length=prompt + 8,
-                                 always_keep=["first"]))  # no warmup: the one step has a learning rate
-    assert "2 examples" in line and f"2 cut to {prompt + 8} tokens" in line
+    n_prompt = max(len(prompt.encode(smol_tokenizer, prompt.format_prompt(smol_tokenizer, r["question"]))[0])
+                   for r in records[:2])
+    line = fit(TrainConfig(data=str(data), out=str(out), init="smollm2-135m-instruct", mode="selective",
+                           epochs=1, batch_size=2, lr=1e-4, warmup_ratio=0.0, max_length=n_prompt + 8,
+                           always_keep=["first"]))  # no warmup: the one step has a learning rate
+    assert "2 examples" in line and f"2 cut to {n_prompt + 8} tokens" in line
     assert AutoConfig.from_pretrained(str(out)).model_type == "llama"
     assert "quantization_config" not in json.loads((out / "config.json").read_text())
     model, tok = load_model(str(out), device="cpu", dtype="float32")

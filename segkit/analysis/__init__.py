@@ -17,19 +17,23 @@ Every function takes records as written by the pipeline (``segments``, ``attribu
     >>> plot_strength_cdf(strength_cdf(records))               # paper Fig. 1
     >>> auc_table(records, variant="answer restated")          # what IG sees, threshold-free
 """
-from .auc import SEGMENT_SCORES, auc_summary, auc_table
+from .auc import (SEGMENT_SCORES, auc_summary, auc_table, describe_versus, versus_model_free, with_random_weights,
+                  within_trace_auc)
 from .explore import explore, selection_summary
 from .heatmap import render_heatmap
-from .modes import (METRICS, PAIRS, VERSUS, differences_table, finetuning_headline, modes_table, per_problem_results,
-                    per_problem_rows, resolution, summarise_modes, verdict)
-from .plots import (plot_auc, plot_completeness, plot_differences, plot_grid, plot_joint, plot_modes, plot_precision_recall,
-                    plot_removal_effect, plot_segment_features, plot_strength_cdf, plot_strength_consistency)
+from .modes import (METRICS, PAIRS, RECOVERED, VERSUS, differences_table, finetuning_headline, modes_table,
+                    per_problem_results, per_problem_rows, recovered, resolution, summarise_modes, verdict)
+from .plots import (plot_auc, plot_completeness, plot_differences, plot_grid, plot_joint, plot_length_vs_share,
+                    plot_modes, plot_precision_recall, plot_removal_effect, plot_segment_features, plot_strength_cdf,
+                    plot_strength_consistency)
 from .removal import add_removal_effects, answer_log_prob, removal_by_group, segment_removal_effect
 from .selection import (SELECTION_METHODS, choose_tau_beta, choose_tau_beta_on_signal, confidence_gap_spread,
                         grid_table, load_choice, precision_recall, precision_recall_by_method, save_choice,
                         selectable_segments)
-from .tables import (GROUPS, ROLE_ORDER, bleu_overlap, completeness_table, importance_labels, is_useful,
-                     segment_table, segments_needed, strength_cdf, strength_group)
+from .tables import (GROUPS, bleu_overlap, completeness_table, importance_labels, segment_table, segments_needed,
+                     strength_cdf, strength_group)
+from ..roles import ROLES, USEFUL, is_useful
+from ..roles import ROLES as ROLE_ORDER  # notebook 01's name for ROLES
 
 __all__ = [name for name in dir() if not name.startswith("_") and name not in
            ("auc", "heatmap", "modes", "plots", "removal", "selection", "tables")]

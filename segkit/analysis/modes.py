@@ -8,28 +8,38 @@ problems; fine-tuning seeds averaged), and differences are paired per problem an
     >>> modes_table(rows)                          # mode, accuracy [ci], mean_length [ci], ...
     >>> diffs = differences_table(rows)            # selective minus full, random, ...; oracle minus full
     >>> verdict(diffs)                             # one sentence, whichever way the intervals fall
+    >>> recovered(rows)                            # IG's share of the oracle's gain over token-matched random
 """
 from __future__ import annotations
 
 from statistics import fmean
 from typing import Iterable, Sequence
 
+import numpy as np
 import pandas as pd
 
 from .. import stats
 
 METRICS = ("accuracy", "mean_length")  # the paper's two metrics, per problem: avg@n correctness, mean tokens
+SHARE = "trained_token_fraction"       # beside every mode's results: output length follows the tokens trained
 # what the verdict compares: the paper's selection against each baseline, and the planted-truth oracle against
-# full-trace SFT (the check that selection can matter at all on this testbed)
-VERSUS = ("full", "random", "strength-only", "perplexity", "entropy", "oracle")
-PAIRS = tuple(("selective", vs) for vs in VERSUS) + (("oracle", "full"),)
+# full-trace SFT (the check that selection can matter at all on this testbed) and against random segments of the
+# same token count. Pairs whose modes did not run are left out, so a run without the token-matched controls
+# (random-tokens, length) compares exactly what it did before they existed.
+VERSUS = ("full", "random", "strength-only", "perplexity", "entropy", "oracle", "random-tokens", "length")
+PAIRS = tuple(("selective", vs) for vs in VERSUS) + (("oracle", "full"), ("oracle", "random-tokens"))
+# what `recovered` reads: IG's selection, the token-matched random control, the planted truth
+RECOVERED = ("selective", "random-tokens", "oracle")
 
 
-def per_problem_rows(eval_records: Iterable[dict], mode: str, base_seed: int = 0, ft_seed: int = 0) -> list[dict]:
+def per_problem_rows(eval_records: Iterable[dict], mode: str, base_seed: int = 0, ft_seed: int = 0,
+                     trained_token_fraction: float | None = None) -> list[dict]:
     """``{"problem", "base_seed", "ft_seed", "mode", "accuracy", "mean_length"}`` per record of a ``segkit
-    evaluate`` output file (``id``, ``correct`` and ``n_tokens`` per sample): accuracy is the problem's avg@n."""
+    evaluate`` output file (``id``, ``correct`` and ``n_tokens`` per sample): accuracy is the problem's avg@n. The
+    model's ``trained_token_fraction``, when given, is carried on every row."""
+    share = {} if trained_token_fraction is None else {SHARE: float(trained_token_fraction)}
     return [{"problem": r["id"], "base_seed": base_seed, "ft_seed": ft_seed, "mode": mode,
-             "accuracy": fmean(float(c) for c in r["correct"]), "mean_length": fmean(r["n_tokens"])}
+             "accuracy": fmean(float(c) for c in r["correct"]), "mean_length": fmean(r["n_tokens"]), **share}
             for r in eval_records]
 
 
@@ -42,7 +52,8 @@ def per_problem_results(table: pd.DataFrame, benchmark: str | None = None) -> li
     rows = []
     for r in table[table["benchmark"] == benchmark].itertuples():
         seed = 0 if r.seed is None or r.seed != r.seed else int(r.seed)  # the base model has no fine-tuning seed
-        rows += per_problem_rows(load(r.file), r.mode, base_seed=int(getattr(r, "base_seed", 0)), ft_seed=seed)
+        rows += per_problem_rows(load(r.file), r.mode, base_seed=int(getattr(r, "base_seed", 0)), ft_seed=seed,
+                                 trained_token_fraction=getattr(r, SHARE, None))
     return rows
 
 
@@ -55,7 +66,10 @@ def _counts(rows: Sequence[dict], mode: str) -> dict:
 def modes_table(rows: Sequence[dict], metrics: Sequence[str] = METRICS, n_resamples: int = stats.N_RESAMPLES,
                 seed: int = 0) -> pd.DataFrame:
     """One row per mode (in first-seen order): ``mode``, per metric its mean and ``<metric>_ci_low``/``_ci_high``
-    (95%, two-level bootstrap), ``n_problems``, ``n_base_seeds``, ``n_ft_seeds``."""
+    (95%, two-level bootstrap), ``n_problems``, ``n_base_seeds``, ``n_ft_seeds``; ``trained_token_fraction`` too
+    when every row carries it (``per_problem_results`` rows do)."""
+    if SHARE not in metrics and rows and all(SHARE in r for r in rows):
+        metrics = (*metrics, SHARE)
     out = []
     for mode in dict.fromkeys(r["mode"] for r in rows):
         row = {"mode": mode}
@@ -132,13 +146,48 @@ def summarise_modes(table: pd.DataFrame, metrics: Sequence[str] = ("accuracy", "
 def finetuning_headline(rows: Sequence[dict], pairs: Sequence[tuple[str, str]] = PAIRS,
                         n_resamples: int = stats.N_RESAMPLES, seed: int = 0,
                         results: pd.DataFrame | None = None) -> dict:
-    """What notebook 03 writes to ``reports/<run>.json``: ``{"modes": [...], "differences": [...], "verdict"}``
-    (``modes_table`` and ``differences_table`` as lists of plain dicts, and ``verdict``); with the
-    ``compare_modes`` table as ``results``, each mode also gets its mean ``trained_token_fraction``."""
+    """What notebook 03 writes to ``reports/<run>.json``: ``{"modes": [...], "differences": [...], "verdict",
+    "resolution", "recovered"}`` (``modes_table``, ``differences_table`` and ``recovered`` as lists of plain dicts).
+    Rows without ``trained_token_fraction`` take each mode's mean from the ``compare_modes`` table ``results``."""
     diffs = differences_table(rows, pairs, n_resamples=n_resamples, seed=seed)
     modes = modes_table(rows, n_resamples=n_resamples, seed=seed)
-    if results is not None:
-        fraction = results.groupby("mode")["trained_token_fraction"].mean()
-        modes["trained_token_fraction"] = [float(fraction.get(m, float("nan"))) for m in modes["mode"]]
+    if results is not None and SHARE not in modes:
+        fraction = results.groupby("mode")[SHARE].mean()
+        modes[SHARE] = [float(fraction.get(m, float("nan"))) for m in modes["mode"]]
     return {"modes": modes.to_dict("records"), "differences": diffs.to_dict("records"), "verdict": verdict(diffs),
-            "resolution": resolution(diffs)}
+            "resolution": resolution(diffs), "recovered": recovered(rows, n_resamples=n_resamples, seed=seed)}
+
+
+def recovered(rows: Sequence[dict], metrics: Sequence[str] = METRICS, n_resamples: int = stats.N_RESAMPLES,
+              seed: int = 0, level: float = stats.LEVEL) -> list[dict]:
+    """IG's share of the oracle's gain over token-matched random, per metric: ``(selective - random-tokens) /
+    (oracle - random-tokens)``, paired per (base model, problem): 1 is as good as the planted truth, 0 no better
+    than random segments of the same token count. The interval is the percentile interval of the ratio over the
+    two-level bootstrap (base models, then problems; numerator and denominator resampled alike).
+
+    One row per metric: ``metric``, ``recovered``, ``ci_low``, ``ci_high``, ``oracle_gain`` (with its
+    ``_ci_low``/``_ci_high``) and ``missing``: where a mode is absent or the oracle's gain interval contains 0 (a
+    share of nothing), ``recovered`` and its interval are None and ``missing`` says why."""
+    absent = [m for m in RECOVERED if m not in {r["mode"] for r in rows}]
+    out = []
+    for metric in metrics:
+        row = dict.fromkeys(("recovered", "ci_low", "ci_high", "oracle_gain", "oracle_gain_ci_low",
+                             "oracle_gain_ci_high", "missing"))
+        if absent:
+            out.append({"metric": metric, **row, "missing": f"needs the modes {', '.join(absent)}, which did not run"})
+            continue
+        gained = stats.difference_matrix(rows, "selective", "random-tokens", metric)  # (base models, problems)
+        gain = stats.difference_matrix(rows, "oracle", "random-tokens", metric)
+        gain_resampled = stats.hierarchical_resample_means(gain, n_resamples, seed)
+        low, high = stats.percentile_interval(gain_resampled, level)
+        row |= {"oracle_gain": float(gain.mean()), "oracle_gain_ci_low": low, "oracle_gain_ci_high": high}
+        if low <= 0 <= high:
+            row["missing"] = (f"the oracle's {metric} gain over random-tokens, {gain.mean():+.3g} [{low:+.3g}, "
+                              f"{high:+.3g}], is not detected: there is no gain to take a share of")
+        else:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratio = stats.hierarchical_resample_means(gained, n_resamples, seed) / gain_resampled
+            ci = stats.percentile_interval(ratio[np.isfinite(ratio)], level)  # a resample without gain has no share
+            row |= {"recovered": float(gained.mean() / gain.mean()), "ci_low": ci[0], "ci_high": ci[1]}
+        out.append({"metric": metric, **row})
+    return out

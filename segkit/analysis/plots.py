@@ -10,7 +10,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .tables import GROUPS, ROLE_ORDER, segments_needed
+from ..roles import ROLES
+from .tables import GROUPS, segments_needed
 
 
 def _style():
@@ -22,7 +23,7 @@ def _style():
 
 def _hue(table: pd.DataFrame) -> tuple[str | None, list | None]:
     if "role" in table:
-        return "role", [r for r in ROLE_ORDER if r in set(table.role)]
+        return "role", [r for r in ROLES if r in set(table.role)]
     return None, None
 
 
@@ -217,7 +218,7 @@ def plot_precision_recall(pr: pd.DataFrame):
 
 def plot_differences(diffs: pd.DataFrame):
     """The verdict as a forest plot: per metric, each paired difference (``differences_table``) with its 95%
-    interval; the zero line is "no difference"."""
+    interval; an interval that crosses the zero line is "not detected"."""
     import matplotlib.pyplot as plt
 
     _style()
@@ -254,5 +255,36 @@ def plot_auc(auc: pd.DataFrame, role: str = "all"):
     ax.set_yticks(np.arange(len(scores))[::-1], scores)
     ax.set(xlabel=f"ROC-AUC, planted useful vs the rest ({role} roles)", xlim=(0, 1))
     ax.legend(title="testbed", loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_length_vs_share(rows_or_table: pd.DataFrame | Sequence[dict], exclude: Sequence[str] = ("base",)):
+    """Mean output length against the share of trace tokens trained, one point per mode and base model (averaged
+    over fine-tuning seeds and problems), with the least-squares line and its r in the title: what the share alone
+    predicts, so a length difference between modes is read against it. Takes one benchmark's ``compare_modes``
+    table or ``per_problem_results`` rows; the untrained ``exclude`` modes (the base model) are left out."""
+    import matplotlib.pyplot as plt
+
+    _style()
+    table = pd.DataFrame(rows_or_table)
+    if "benchmark" in table and table["benchmark"].nunique() > 1:
+        raise ValueError(f"one benchmark at a time, got {sorted(table['benchmark'].unique())}")
+    if "base_seed" not in table:
+        table["base_seed"] = 0
+    table = table[~table["mode"].isin(exclude)]
+    points = table.groupby(["mode", "base_seed"], sort=False)[["trained_token_fraction", "mean_length"]].mean()
+    x, y = points["trained_token_fraction"].to_numpy(), points["mean_length"].to_numpy()
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    ax.scatter(x, y, color="k", s=24)
+    for (mode, _), xi, yi in zip(points.index, x, y):
+        ax.annotate(mode, (xi, yi), xytext=(4, 3), textcoords="offset points", fontsize=8)
+    title = "Output length against the share of tokens trained"
+    if len(points) > 2 and np.ptp(x) > 0 and np.ptp(y) > 0:  # a line and r need spread on both axes
+        slope, intercept = np.polyfit(x, y, 1)
+        grid = np.linspace(x.min(), x.max(), 2)
+        ax.plot(grid, intercept + slope * grid, color="grey", ls="--", lw=1)
+        title += f" (r = {np.corrcoef(x, y)[0, 1]:.2f}, {len(points)} models)"
+    ax.set(xlabel="share of trace tokens trained", ylabel="mean output length (tokens)", title=title)
     fig.tight_layout()
     return fig

@@ -6,17 +6,16 @@ Fig. 2). The only part of ``segkit.analysis`` that needs a model.
 """
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import pandas as pd
 
-from .. import prompt as P
+from .. import prompt
 from .tables import GROUPS
 
 
 def answer_log_prob(model, tokenizer, question: str, segments: Sequence[str], answer: str,
-                    answer_template: str = P.ANSWER_TEMPLATE) -> float:
+                    answer_template: str = prompt.ANSWER_TEMPLATE) -> float:
     """F, the IG target: summed log-probability of the answer tokens after ``prompt + "".join(segments)``."""
     import torch
 
@@ -30,11 +29,12 @@ def answer_log_prob(model, tokenizer, question: str, segments: Sequence[str], an
         return float(AnswerLogProb(model, ids, a.targets.to(model.device))(embeds)[0])
 
 
-def segment_removal_effect(model, tokenizer, record: dict, answer_template: str = P.ANSWER_TEMPLATE) -> list[float]:
+def segment_removal_effect(model, tokenizer, record: dict,
+                           answer_template: str = prompt.ANSWER_TEMPLATE) -> list[float | None]:
     """Per segment i, the change in F when segment i is removed: ``F(segments without i) - F(all segments)``.
 
-    Negative: the model is less sure of the correct answer without the segment (it mattered). NaN where removing
-    the segment leaves an empty trace. One forward pass per segment, no gradients.
+    Negative: the model is less sure of the correct answer without the segment (it mattered). None (missing; not
+    NaN, which is not JSON) where removing the segment leaves an empty trace. One forward pass per segment.
     """
     segs, q, ans = list(record["segments"]), record["question"], str(record["answer"])
     full = answer_log_prob(model, tokenizer, q, segs, ans, answer_template)
@@ -42,7 +42,7 @@ def segment_removal_effect(model, tokenizer, record: dict, answer_template: str 
     for i in range(len(segs)):
         rest = segs[:i] + segs[i + 1:]
         if not "".join(rest).strip():
-            out.append(math.nan)
+            out.append(None)  # missing, not NaN: records are strict JSON
             continue
         out.append(answer_log_prob(model, tokenizer, q, rest, ans, answer_template) - full)
     return out

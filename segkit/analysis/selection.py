@@ -15,8 +15,11 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from ..score import ALWAYS_KEEP, BETA, TAU, always_kept, segments_for_mode, select
-from .tables import is_useful
+from .. import stats
+from ..modes import segments_for_mode
+from ..outputs import write_json
+from ..roles import is_useful
+from ..score import ALWAYS_KEEP, BETA, TAU, always_kept, select
 
 # selection methods compared in notebook 03, by their `segkit train` mode; "selective" is the paper's IG rule
 SELECTION_METHODS = ("selective", "strength-only", "random", "perplexity", "entropy")
@@ -93,8 +96,7 @@ def choose_tau_beta(grid: pd.DataFrame, by: str = "confidence_gap", min_ratio: f
     if ok.empty:
         raise ValueError(f"no grid cell selects at least {min_ratio:.0%} of the segments with a value for {by!r}")
     best = ok.sort_values([by, "token_ratio"], ascending=[False, True]).iloc[0]
-    return {"tau": float(best.tau), "beta": float(best.beta), "by": by,
-            **{k: float(v) for k, v in best.items() if k not in ("tau", "beta")}}
+    return {"tau": float(best.tau), "beta": float(best.beta), "by": by, **_numbers(best)}
 
 
 def confidence_gap_spread(records: Sequence[dict], taus: Sequence[float], betas: Sequence[float],
@@ -115,7 +117,7 @@ def confidence_gap_spread(records: Sequence[dict], taus: Sequence[float], betas:
             chosen = set(select(r["strength"], r["consistency"], tau, beta))
             for i in ii:
                 e = r["removal_effect"][i]
-                if e == e:  # NaN: removing the segment left nothing to condition on
+                if e is not None and e == e:  # None (NaN before): removing it left nothing to condition on
                     k = 0 if i in chosen else 2
                     sums[c, k, t] += e
                     sums[c, k + 1, t] += 1
@@ -130,8 +132,8 @@ def confidence_gap_spread(records: Sequence[dict], taus: Sequence[float], betas:
     rows = []
     for c, (tau, beta) in enumerate(cells):
         n_sel, n_all = sums[c, 1].sum(), sums[c, 1].sum() + sums[c, 3].sum()
-        lo, hi = np.nanpercentile(boot[:, c], [2.5, 97.5])
-        vlo, vhi = np.nanpercentile(boot[:, c] - boot[:, d], [2.5, 97.5])
+        lo, hi = _interval_of_defined(boot[:, c])
+        vlo, vhi = _interval_of_defined(boot[:, c] - boot[:, d])
         rows.append({"tau": tau, "beta": beta, "segment_ratio": n_sel / max(n_all, 1),
                      "confidence_gap": float(point[c]), "ci_low": float(lo), "ci_high": float(hi),
                      "vs_default": float(point[c] - point[d]), "vs_default_ci_low": float(vlo),
@@ -139,32 +141,60 @@ def confidence_gap_spread(records: Sequence[dict], taus: Sequence[float], betas:
     return pd.DataFrame(rows)
 
 
+def _numbers(row: pd.Series) -> dict:
+    """A chosen row's statistics for the choice file: one over nothing (NaN) is None, never NaN (not JSON)."""
+    return {k: None if pd.isna(v) else float(v) for k, v in row.items() if k not in ("tau", "beta")}
+
+
+def _interval(x: float, lo: float, hi: float, sign: str = "") -> str:
+    """``"0.12 [0.05, 0.2]"``, or ``"missing"`` for a statistic over nothing."""
+    if pd.isna(x) or pd.isna(lo) or pd.isna(hi):
+        return "missing"
+    return f"{x:{sign}.3g} [{lo:{sign}.3g}, {hi:{sign}.3g}]"
+
+
+def _interval_of_defined(estimates: np.ndarray) -> tuple[float, float]:
+    """``stats.percentile_interval`` of the resamples that have a value (NaN: a gap over nothing); NaN if none."""
+    defined = estimates[~np.isnan(estimates)]
+    return stats.percentile_interval(defined) if defined.size else (math.nan, math.nan)
+
+
 def choose_tau_beta_on_signal(spread: pd.DataFrame, min_ratio: float = 0.05,
                               default: tuple[float, float] = (TAU, BETA)) -> dict:
     """From ``confidence_gap_spread``: the cell with the largest gap (among those selecting at least
     ``min_ratio`` of the segments) if it beats the ``default`` cell beyond the bootstrap spread (its
-    ``vs_default`` interval above 0); else the paper's ``default``. ``{"tau", "beta", "by", "reason", ...}``."""
+    ``vs_default`` interval above 0); else the paper's ``default``. ``{"tau", "beta", "by", "reason", ...}``.
+
+    When the comparison is over nothing (traces too short to leave the rule a segment to decide, so the default
+    cell has no selected or no unselected segment), the default is kept, the reason says the comparison is
+    missing and why, and the missing statistics are None, never NaN."""
     ok = spread[(spread.segment_ratio >= min_ratio) & spread.confidence_gap.notna()]
     if ok.empty:
         raise ValueError(f"no grid cell selects at least {min_ratio:.0%} of the segments")
     best = ok.sort_values("confidence_gap", ascending=False).iloc[0]
-    beyond = best.vs_default_ci_low > 0
-    pick = best if beyond else spread[(spread.tau == default[0]) & (spread.beta == default[1])].iloc[0]
+    paper = spread[(spread.tau == default[0]) & (spread.beta == default[1])].iloc[0]
+    beyond = bool(best.vs_default_ci_low > 0)  # False when the interval is missing
+    pick = best if beyond else paper
+    against = f"against the paper's ({default[0]:g}, {default[1]:g})"
+    if pd.isna(paper.confidence_gap) or pd.isna(best.vs_default_ci_low):
+        why = ("the paper's cell has no confidence gap: in these traces it leaves no decided segment selected, or "
+               "none unselected" if pd.isna(paper.confidence_gap) else "no bootstrap resample had both a selected "
+               "and an unselected decided segment in both cells")
+        verdict = f"the comparison {against} is missing ({why}), so the paper's values are kept."
+    else:
+        verdict = (f"{_interval(best.vs_default, best.vs_default_ci_low, best.vs_default_ci_high, '+')} {against}: "
+                   + ("chosen." if beyond else "not better beyond the bootstrap spread, so the paper's values are "
+                                               "kept."))
     reason = (f"(tau, beta) = ({best.tau:g}, {best.beta:g}) has the largest confidence gap, "
-              f"{best.confidence_gap:.3g} [{best.ci_low:.3g}, {best.ci_high:.3g}], "
-              f"{best.vs_default:+.3g} [{best.vs_default_ci_low:+.3g}, {best.vs_default_ci_high:+.3g}] against the "
-              f"paper's ({default[0]:g}, {default[1]:g}): " +
-              ("chosen." if beyond else "not better beyond the bootstrap spread, so the paper's values are kept."))
+              f"{_interval(best.confidence_gap, best.ci_low, best.ci_high)}; {verdict}")
     return {"tau": float(pick.tau), "beta": float(pick.beta), "by": "confidence_gap", "reason": reason,
-            **{k: float(v) for k, v in pick.items() if k not in ("tau", "beta")}}
+            **_numbers(pick)}
 
 
 def save_choice(choice: dict, path) -> Path:
-    """Write the chosen ``(tau, beta)`` (and whatever else ``choice`` holds) as JSON for the next notebook."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(choice, indent=2) + "\n")
-    return path
+    """Write the chosen ``(tau, beta)`` (and whatever else ``choice`` holds) as strict JSON for the next notebook
+    (a statistic over nothing is null, never NaN)."""
+    return write_json(choice, path)
 
 
 def load_choice(path, default: tuple[float, float] = (TAU, BETA)) -> dict:

@@ -12,16 +12,10 @@ import numpy as np
 import pandas as pd
 
 from ..score import BETA, TAU, select, top_by_cumulative
-from ..synth import ROLES, USEFUL
+from ..roles import is_useful
 
-ROLE_ORDER = ROLES  # planted roles in the order tables and legends list them
 GROUPS = ("high strength, moderate consistency", "high strength, high consistency",
           "low strength, moderate consistency", "low strength, high consistency")  # paper Fig. 2
-
-
-def is_useful(role: str) -> bool:
-    """Whether a planted role is one the answer needs or checks (``segkit.synth.USEFUL``)."""
-    return role in USEFUL
 
 
 def importance_labels(record: dict, tau: float = TAU, beta: float = BETA) -> list[bool]:

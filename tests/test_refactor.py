@@ -1,0 +1,113 @@
+"""A refactor is not a change of results: one tiny parameter file (tests/data/refactor.yaml) through ``segkit
+report`` with the code of a pinned earlier commit and with today's code writes byte-identical data and model files
+(JSON Lines, model weights, tokenizers) and the same numbers in the headline JSON files.
+
+Both runs happen here, on the same machine, one after the other (floating-point sums differ between CPUs, so a
+stored list of hashes would not travel). ``BEFORE`` is the last commit before the package was rebuilt into rooms
+(issue 17); a change that is meant to change results (a new testbed design) moves it to its own commit.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PARAMS = Path(__file__).with_name("data") / "refactor.yaml"
+BEFORE = "0df5290fec37c35698355380493b1f6dec83cbc8"
+KEY = re.compile(r"-[0-9a-f]{8,}")           # cache keys in folder and file names
+# the data and model files (the runner's and stages' bookkeeping beside them, options files, locks, the pickled
+# training arguments with their output paths, may change with the code that keeps the books)
+MODEL_FILES = {"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "train_summary.json",
+               "tau_beta.json"}
+
+
+RUN_PATH = re.compile(r"\S*/runs/[^/]+/")   # a path into the work folder, from wherever the stage ran
+
+
+def _normalise(value):
+    """A JSON value with timings dropped, the run's own paths and cache keys blanked out, and prose (a string with
+    a space: a choice's reason, a message) left out: the test holds data and numbers, not wording."""
+    if isinstance(value, dict):
+        return {k: _normalise(v) for k, v in value.items() if "seconds" not in k}
+    if isinstance(value, list):
+        return [_normalise(v) for v in value]
+    if isinstance(value, str):
+        return "<text>" if " " in value.strip() else KEY.sub("-K", RUN_PATH.sub("<run>/", value))
+    return value
+
+
+def _digest(path: Path) -> str:
+    if path.suffix in (".json", ".jsonl"):
+        lines = path.read_text().splitlines() if path.suffix == ".jsonl" else [path.read_text()]
+        text = "\n".join(json.dumps(_normalise(json.loads(x)), sort_keys=True) for x in lines if x.strip())
+        return hashlib.sha256(text.encode()).hexdigest()
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _outputs(folder: Path) -> Counter:
+    """``{(file kind, content digest): count}`` over every data and model file of a work folder."""
+    files = [p for p in folder.rglob("*") if p.is_file() and (
+        p.suffix in (".jsonl", ".safetensors", ".jinja") or p.name in MODEL_FILES or p.name.endswith(".summary.json")
+        or p.name.startswith("quality-"))]
+    return Counter((KEY.sub("-K", p.name) if p.suffix not in (".jsonl", ".json") else p.suffix,
+                    _digest(p)) for p in files)
+
+
+def _numbers(value, out: list) -> list:
+    """Every finite number of a headline JSON, in order, except timings and the runner's stamp."""
+    if isinstance(value, dict):
+        for k, v in sorted(value.items()):
+            if "seconds" not in k and k not in ("versions", "stamped"):
+                _numbers(v, out)
+    elif isinstance(value, list):
+        for v in value:
+            _numbers(v, out)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        out.append(round(float(value), 12))
+    return out
+
+
+def _report(code: Path, notebooks: Path, where: Path) -> Path:
+    where.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(code)}
+    cmd = [sys.executable, "-m", "segkit", "report", "--params", str(PARAMS), "--out", str(where / "reports"),
+           "--workdir", str(where / "runs"), "--notebooks", str(notebooks)]
+    done = subprocess.run(cmd, cwd=where, env=env, capture_output=True, text=True)  # paths in records: runs/...
+    assert done.returncode == 0, done.stderr[-3000:]
+    return where
+
+
+@pytest.mark.slow
+def test_the_refactor_writes_the_same_bytes_and_numbers(tmp_path):
+    if not (ROOT / ".git").exists():
+        pytest.skip("needs the git history (a checkout, not an installed package)")
+    old = tmp_path / "before-code"
+    old.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", BEFORE, "segkit", "notebooks"],
+                             capture_output=True)
+    assert archive.returncode == 0, f"commit {BEFORE} is not in this clone: {archive.stderr.decode()[-500:]}"
+    subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)
+    before = _report(old, old / "notebooks", tmp_path / "before")
+    after = _report(ROOT, ROOT / "notebooks", tmp_path / "after")
+
+    (b_run,), (a_run,) = (list((x / "runs").iterdir()) for x in (before, after))
+    b_files, a_files = _outputs(b_run), _outputs(a_run)
+    assert sum(b_files.values()) > 100  # the run wrote models, traces and evaluations
+    assert a_files == b_files, f"only before: {b_files - a_files}; only after: {a_files - b_files}"
+
+    heads = sorted(p.name for p in (before / "reports").glob("*.json"))
+    assert heads == sorted(p.name for p in (after / "reports").glob("*.json")) and heads
+    for name in heads:
+        b, a = (json.loads((x / "reports" / name).read_text()) for x in (before, after))
+        assert _numbers({k: a[k] for k in b}, []) == _numbers(b, []), name  # new keys are new results
+    shutil.rmtree(tmp_path / "before-code")
