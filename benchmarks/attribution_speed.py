@@ -32,6 +32,7 @@ from segkit import attribute as A
 from segkit import hardware, ig
 from segkit.prompt import assemble
 from segkit.models import load_model, pad_token_id
+from segkit.records import load
 from segkit.score import consistency, strength
 from segkit.segment import segment
 from segkit.synth import SynthConfig, make_records
@@ -40,7 +41,7 @@ ROOT = FsPath(__file__).resolve().parents[1]
 SMOL = "smollm2-135m-instruct"
 MARKER = "<!-- tables below: written by benchmarks/attribution_speed.py -->"
 BLOCK = "<!-- block: "
-SECTIONS = ("paper", "default", "length", "batch", "profile")
+SECTIONS = ("paper", "default", "shared", "length", "batch", "profile")
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -271,6 +272,42 @@ def default_settings(model, tok, recs, ref_opts: dict, out: list[str], stability
                   "selection Jaccard vs reference (same baseline)", "identical selection"], rows)
 
 
+def shared_passes(model, tok, recs, sizes, out: list[str]) -> None:
+    """The default settings, uncapped, one trace at a time against several traces' points in shared passes
+    (``attribute_records(trace_batch=N)``). Each group of ``max(sizes)`` traces is attributed once per size, the
+    order of the sizes turning from group to group (A B, B A, ...), so that other processes on the machine weigh on
+    every size alike; the ratio is the median of the per-group ratios of CPU seconds (this process's own), and
+    wall seconds are shown beside them."""
+    print(f"  shared passes on {len(recs)} traces, trace_batch {sizes}", flush=True)
+    pad, n = pad_token_id(tok), max(sizes)
+    cpu, wall, outs = ({b: [] for b in sizes} for _ in range(3))
+    for k, g in enumerate(range(0, len(recs), n)):
+        group = recs[g:g + n]
+        for b in sizes[k % len(sizes):] + sizes[:k % len(sizes)]:
+            c, t = time.process_time(), time.perf_counter()
+            outs[b] += A.attribute_records(model, tok, group, trace_batch=b, pad_id=pad)
+            cpu[b].append((time.process_time() - c) / len(group))
+            wall[b].append((time.perf_counter() - t) / len(group))
+    one, errs = outs[1], [r["completeness_error"] for r in outs[1]]
+    rows = []
+    for b in sizes:
+        diff = max(float((flat(x) - flat(y)).norm() / flat(y).norm()) for x, y in zip(outs[b], one))
+        same_steps = sum(x["ig_steps"] == y["ig_steps"] for x, y in zip(outs[b], one)) / len(one)
+        rows.append([b, statistics.median(cpu[b]), statistics.median(wall[b]),
+                     f"{statistics.median(c1 / cb for c1, cb in zip(cpu[1], cpu[b])):.2f}x", f"{diff:.1e}",
+                     f"{same_steps:.0%}"])
+    out += table(["trace_batch", "CPU s/trace (median over groups)", "wall s/trace", "speed-up (median of "
+                  "per-group CPU ratios)", "max rel. diff of attributions vs 1", "same ig_steps"], rows)
+    per_trace = statistics.mean(cpu[1])
+    out += ["", f"Default settings uncapped (adaptive, target 0.05, at most {A.MAX_STEPS} points), one trace at a "
+            f"time: {statistics.mean(r['ig_steps'] for r in one):.1f} points per trace on average (max "
+            f"{max(r['ig_steps'] for r in one)}), completeness error <= 0.05 on {sum(e <= 0.05 for e in errs)} of "
+            f"{len(errs)} traces ({sum(e <= 0.05 for e in errs) / len(errs):.0%}), median error "
+            f"{statistics.median(errs):.3g}; {per_trace:.2f} CPU s per trace, so 512 traces (the "
+            f"default run's 256 and their variant) take {512 * per_trace / 60:.1f} min on one core, "
+            f"{256 * per_trace / 60:.1f} min on two.", ""]
+
+
 def scaling(model, tok, lengths, steps: int, paper: bool, out: list[str]) -> None:
     """Cost per step and memory against length: the paper's pass (full logits) and segkit's (batched points)."""
     rows = []
@@ -344,6 +381,10 @@ def main(argv=None) -> int:
                    "(adaptive, refined to a tenth of the default's completeness error)")
     p.add_argument("--threads", type=int, default=0, help="torch threads for every run (0: the paper's loop with "
                    "torch's default, segkit with its measured choice)")
+    p.add_argument("--traces-file", default="", help="JSON Lines of traces for the testbed tables (default: the "
+                   "testbed's test split; `make report`'s are runs/default/traces-*/segmented.jsonl)")
+    p.add_argument("--trace-batches", type=int, nargs="*", default=[1, 4, 16],
+                   help="trace_batch values compared in the shared-passes table (1 first)")
     p.add_argument("--lengths", type=int, nargs="*", default=[256, 512, 1024, 2048, 4096])
     p.add_argument("--scaling-steps", type=int, default=1, help="IG steps per length in the scaling table")
     p.add_argument("--testbed-model", default="", help="testbed attributor folder (default: the one `make report` "
@@ -375,6 +416,8 @@ def main(argv=None) -> int:
         torch.set_num_threads(auto_threads)
         print(f"== {label}: segkit runs with {auto_threads} threads", flush=True)
         recs = testbed_records(max(args.traces, args.smol_traces))
+        if args.traces_file and not smol:
+            recs = [{**r, "segments": r.get("segments") or segment(r["solution"])} for r in load(args.traces_file)]
         if smol:  # the shortest traces keep the default run within its time
             recs = sorted(recs, key=lambda r: len(r["solution"]))[:args.smol_traces]
         else:
@@ -396,6 +439,9 @@ def main(argv=None) -> int:
                                                              f"({len(recs)} testbed traces)"),
                              not smol or args.smol_stability, default_threads, auto_threads)
         torch.set_num_threads(auto_threads)
+        if "shared" in args.sections and not smol:
+            shared_passes(model, tok, recs, args.trace_batches, section(
+                "shared", f"several traces in shared passes ({len(recs)} testbed traces)"))
         if "length" in args.sections:
             scaling(model, tok, args.lengths, args.scaling_steps, paper=True,
                     out=section("length", f"cost against length ({args.scaling_steps} steps per length)"))

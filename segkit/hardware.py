@@ -64,20 +64,19 @@ class SharedPasses:
     """Path points of several traces in shared forward/backward passes, for small models whose passes over one
     trace's few points are mostly per-pass overhead. ``paths`` are ``segkit.ig.InterpolationPath``s through
     ``segkit.ig.AnswerLogProb``s of one model; each row gets its own trace's F and integrand, equal to the
-    single-trace ones up to float rounding: the part of each input after its cached prompt is right-padded to the
-    longest (a causal model never reads later positions), each prompt's keys and values are left-padded to the
-    longest and masked out, and positions are each trace's own. ``points`` (path points per pass) defaults to the
-    smallest of the paths' batch sizes. Requests are ``{trace index: alphas}``, answers ``{trace index: tensor}``.
+    single-trace ones up to float rounding: in a pass, the part of each input after its cached prompt is
+    right-padded to the longest (a causal model never reads later positions), each prompt's keys and values are
+    left-padded to the longest and masked out, and positions are each trace's own. Rows are sorted by length and a
+    pass takes at most ``tokens`` rows x padded length (default: the smallest budget the paths' own batch sizes
+    imply), so little of it is padding. Requests are ``{trace index: alphas}``, answers ``{trace index: tensor}``.
     """
 
-    def __init__(self, paths: list, points: int | None = None):
-        self.paths, self.points = paths, points or min(p.batch_size for p in paths)
-        self.F = [p.F for p in paths]
-        self.P = max(F.start for F in self.F)                                             # longest cached prompt
-        self.L = max(F.n_tokens - F.start for F in self.F)                                # longest part run
-        # the positions (in the part run) that predict each trace's answer tokens, and those of all traces
+    def __init__(self, paths: list, tokens: int | None = None):
+        self.paths, self.F = paths, [p.F for p in paths]
+        self.L = [F.n_tokens - F.start for F in self.F]                                   # the part run, per trace
+        self.tokens = tokens or min(p.batch_size * n for p, n in zip(paths, self.L))
+        # the positions (in the part run) that predict each trace's answer tokens
         self.rows = [F.n_tokens - F.keep + F.rows - F.start for F in self.F]
-        self.keep = torch.unique(torch.cat(self.rows))                                    # (K,) sorted
         cached = next((F.cache.layers for F in self.F if F.cache is not None), [])
         # each trace's prompt keys and values per layer (1, heads, P_i, d); none cached: P_i = 0
         self.kv = [[(l.keys, l.values) for l in F.cache.layers] if F.cache is not None else
@@ -87,47 +86,55 @@ class SharedPasses:
         """``(F (B,), embeds (B, L, H))`` at the points ``rows`` (trace index, alpha)."""
         from transformers import DynamicCache
 
-        x0 = self.paths[0].x0
-        embeds = x0.new_zeros(len(rows), self.L, x0.shape[-1])
-        mask = torch.zeros(len(rows), self.P + self.L, dtype=torch.long, device=x0.device)
-        positions = torch.arange(self.L, device=x0.device).repeat(len(rows), 1)          # (B, L)
+        x0, traces = self.paths[0].x0, {i for i, _ in rows}
+        P, L = max(self.F[i].start for i in traces), max(self.L[i] for i in traces)      # longest prompt, part
+        keep = torch.unique(torch.cat([self.rows[i] for i in traces]))                    # (K,) sorted
+        embeds = x0.new_zeros(len(rows), L, x0.shape[-1])
+        mask = torch.zeros(len(rows), P + L, dtype=torch.long, device=x0.device)
+        positions = torch.arange(L, device=x0.device).repeat(len(rows), 1)               # (B, L)
         for b, (i, alpha) in enumerate(rows):
             p, s, n = self.paths[i], self.F[i].start, self.F[i].n_tokens
             embeds[b, :n - s] = (p.x0 + alpha * p.delta)[0, s:n]
-            mask[b, self.P - s:self.P + n - s] = 1
+            mask[b, P - s:P + n - s] = 1
             positions[b] += s
         embeds.requires_grad_(grad)
-        pad = lambda t: torch.nn.functional.pad(t, (0, 0, self.P - t.shape[2], 0))  # noqa: E731 (left, in time)
+        pad = lambda t: torch.nn.functional.pad(t, (0, 0, P - t.shape[2], 0))  # noqa: E731 (on the left, in time)
         cache = DynamicCache(ddp_cache_data=[
             tuple(torch.cat([pad(self.kv[i][layer][kv]) for i, _ in rows]) for kv in (0, 1))
-            for layer in range(len(self.kv[0]))]) if self.P else None
+            for layer in range(len(self.kv[0]))]) if P else None
         model = self.F[0].model
         with self.F[0]._autocast(embeds):
             logits = model(inputs_embeds=embeds.to(model.dtype), attention_mask=mask, position_ids=positions,
-                           past_key_values=cache, use_cache=cache is not None, logits_to_keep=self.keep).logits
+                           past_key_values=cache, use_cache=cache is not None, logits_to_keep=keep).logits
         f = []                                                                            # logits: (B, K, V)
         for b, (i, _) in enumerate(rows):
-            logp = torch.log_softmax(logits[b, torch.searchsorted(self.keep, self.rows[i])].float(), -1)  # (A, V)
+            logp = torch.log_softmax(logits[b, torch.searchsorted(keep, self.rows[i])].float(), -1)  # (A, V)
             f.append(logp.gather(-1, self.F[i].answer_ids.view(-1, 1)).sum())
         return torch.stack(f), embeds
 
     def _passes(self, requests: dict[int, list[float]]) -> list[list[tuple[int, float]]]:
-        rows = [(i, a) for i, alphas in requests.items() for a in alphas]
-        return [rows[k:k + self.points] for k in range(0, len(rows), self.points)]
+        """The requested points, shortest traces first, in passes of at most ``tokens`` padded tokens."""
+        passes: list[list[tuple[int, float]]] = []
+        for i in sorted(requests, key=lambda i: self.L[i]):
+            for a in requests[i]:
+                if not passes or (len(passes[-1]) + 1) * self.L[i] > self.tokens:
+                    passes.append([])
+                passes[-1].append((i, a))
+        return passes
 
     @staticmethod
-    def _by_trace(requests: dict[int, list[float]], rows: list[torch.Tensor]) -> dict[int, torch.Tensor]:
-        """Rows in request order regrouped per trace (a trace with no alphas gets no rows)."""
-        out, k = {}, 0
-        for i, alphas in requests.items():
-            out[i] = torch.stack(rows[k:k + len(alphas)]) if alphas else torch.zeros(0)
-            k += len(alphas)
-        return out
+    def _by_trace(requests: dict[int, list[float]], rows: list[tuple[int, torch.Tensor]]) -> dict[int, torch.Tensor]:
+        """``(trace index, row)`` pairs (each trace's rows in the order of its alphas) stacked per trace."""
+        out = {i: [] for i in requests}
+        for i, row in rows:
+            out[i].append(row)
+        return {i: torch.stack(r) if r else torch.zeros(0) for i, r in out.items()}
 
     @torch.no_grad()
     def value(self, requests: dict[int, list[float]]) -> dict[int, torch.Tensor]:
         """F at each trace's alphas, ``(n,)`` per trace."""
-        return self._by_trace(requests, [f for rows in self._passes(requests) for f in self._F(rows, False)[0].cpu()])
+        return self._by_trace(requests, [(i, f) for rows in self._passes(requests)
+                                         for (i, _), f in zip(rows, self._F(rows, False)[0].cpu())])
 
     def integrand(self, requests: dict[int, list[float]]) -> dict[int, torch.Tensor]:
         """``(n, T)`` per trace, as ``InterpolationPath.integrand`` (zero on the cached prompt)."""
@@ -137,7 +144,7 @@ class SharedPasses:
             (g,) = torch.autograd.grad(f.sum(), e)                                         # (B, L, H)
             for b, (i, _) in enumerate(rows):
                 p, s, n = self.paths[i], self.F[i].start, self.F[i].n_tokens
-                out.append(torch.cat([torch.zeros(s), (g[b, :n - s] * p.delta[0, s:n]).sum(-1).cpu()]))  # (T,)
+                out.append((i, torch.cat([torch.zeros(s), (g[b, :n - s] * p.delta[0, s:n]).sum(-1).cpu()])))  # (T,)
         return self._by_trace(requests, out)
 
 

@@ -3,15 +3,17 @@ reader's script can compare them without scraping. One definition of its shape, 
 
 - notebook 01 writes ``attribution(...)``: ``attributor``, ``n_traces``, ``attributor_quality`` (``n_problems``,
   ``answer_after_gold_trace``), ``quality_by_variant`` ({variant: the same}), ``auc`` (rows of
-  ``segkit.analysis.auc_table``: ``score``, ``variant``, ``role``, ``auc``, ``ci_low``, ``ci_high``, ...) and
-  ``completeness_error_mean``;
+  ``segkit.analysis.auc_table``: ``score``, ``kind``, ``variant``, ``role``, ``auc``, ``ci_low``, ``ci_high``,
+  ``within_auc``, ...), ``versus_model_free`` (rows of ``segkit.analysis.versus_model_free``: ``variant``,
+  ``score``, ``best``, ``auc``, ``best_auc``, ``diff``, ``ci_low``, ``ci_high``, ``verdict``, ``sentence``),
+  ``completeness_error_mean`` and ``converged_share`` (``converged_share``);
 - notebook 03 writes ``finetuning(...)``: ``benchmark``, ``tau``, ``beta``, ``base_seeds``, ``seeds``, ``skipped``
   ({mode: why}) and ``segkit.analysis.finetuning_headline``'s ``modes`` (``mode``, ``accuracy``, ``mean_length``,
   ``trained_token_fraction``, each with ``_ci_low``/``_ci_high``), ``differences`` (``mode``, ``vs``, ``metric``,
   ``diff``, ``ci_low``, ``ci_high``), ``verdict``, ``resolution`` and ``recovered`` (``metric``, ``recovered``,
   ``ci_low``, ``ci_high``, ``oracle_gain`` with its interval, ``missing``: why there is no share, or null);
 - the runner (``segkit.report``) adds ``stamped(...)``'s ``run``, ``title``, ``params``, ``seconds``, ``versions``;
-- ``index.html`` (``segkit.index``) reads it with ``read``.
+- ``index.html`` (``segkit.index``) reads it with ``read`` and shows no number of a run that ``too_few`` refuses.
 
     >>> write_json(finetuning(cfg, results, rows), headline_file)      # notebook 03
 """
@@ -20,16 +22,33 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+# The fewest attributed traces and evaluated problems a headline number is shown from: issue 18 found the index
+# headlining AUCs of 1.000 [1.000, 1.000] "computed" from 3 traces.
+MIN_TRACES = 20
+MIN_PROBLEMS = 50
 
-def attribution(attributor: str, records: list[dict], quality: dict, qualities: dict, auc) -> dict:
+
+def converged_share(records: list[dict]) -> float:
+    """The share of attributed ``records`` whose completeness error is at most ``segkit.attribute.TARGET_ERROR``
+    (0.05: what the adaptive scheme refines to); a trace without the field counts as not converged."""
+    from .attribute import TARGET_ERROR
+
+    return sum(r.get("completeness_error", float("inf")) <= TARGET_ERROR for r in records) / len(records)
+
+
+def attribution(attributor: str, records: list[dict], quality: dict, qualities: dict, auc,
+                versus: list[dict] = ()) -> dict:
     """Notebook 01's headline: the ``attributor``'s ``quality`` (``qualities`` by testbed variant), the ROC-AUC
-    table ``auc`` (a DataFrame of ``segkit.analysis.auc_table`` rows) and the mean completeness error of the
-    attributed ``records``."""
-    from .analysis import completeness_table
+    table ``auc`` (a DataFrame of ``segkit.analysis.auc_table`` rows), IG against the best model-free score
+    (``versus``: ``segkit.analysis.versus_model_free`` rows, one per variant), and the mean completeness error and
+    ``converged_share`` of the attributed ``records``."""
+    from .analysis import completeness_table, describe_versus
 
     return {"attributor": str(attributor), "n_traces": len(records), "attributor_quality": quality,
             "quality_by_variant": qualities, "auc": auc.to_dict("records"),
-            "completeness_error_mean": float(completeness_table(records)["completeness_error"].mean())}
+            "versus_model_free": [{**v, "sentence": describe_versus(v)} for v in versus],
+            "completeness_error_mean": float(completeness_table(records)["completeness_error"].mean()),
+            "converged_share": converged_share(records)}
 
 
 def finetuning(cfg, results, rows) -> dict:
@@ -55,3 +74,22 @@ def read(path: Path) -> dict:
     if not isinstance(data, dict):
         raise ValueError(f"expected a JSON object, got {type(data).__name__}")
     return data
+
+
+def too_few(data: dict) -> str | None:
+    """Why the headline ``data`` is too small for a headline number: fewer than ``MIN_TRACES`` attributed traces
+    (01's ``n_traces``, its AUC rows') or ``MIN_PROBLEMS`` problems (01's attributor quality, 03's modes); None
+    when every count it holds is enough (a count the file lacks is not checked).
+
+    >>> too_few({"n_traces": 3, "auc": []})
+    'too few traces (n = 3) for a headline number'
+    """
+    quality = data.get("attributor_quality")
+    counts = {"traces": [data.get("n_traces")] + [a.get("n_traces") for a in data.get("auc", [])],
+              "problems": [quality.get("n_problems") if isinstance(quality, dict) else None]
+              + [m.get("n_problems") for m in data.get("modes", [])]}
+    for what, least in (("traces", MIN_TRACES), ("problems", MIN_PROBLEMS)):
+        n = min((c for c in counts[what] if isinstance(c, int)), default=None)
+        if n is not None and n < least:
+            return f"too few {what} (n = {n}) for a headline number"
+    return None

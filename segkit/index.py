@@ -112,6 +112,8 @@ def headline_html(data: dict) -> str:
                 for score in dict.fromkeys(a["score"] for a in rows)]
         parts.append("<p>ROC-AUC [95% CI] of each segment score against the planted useful roles:</p>"
                      + _table(["score"] + variants, body))
+        for v in data.get("versus_model_free", []):  # IG against the best model-free score, per variant
+            parts.append(f"<p class='verdict'>{html.escape(str(v['sentence']))}</p>")
         quality = data.get("attributor_quality")
         if isinstance(quality, dict) and quality:
             parts.append("<p>Attributor quality: " + ", ".join(
@@ -122,7 +124,8 @@ def headline_html(data: dict) -> str:
 
 def _headlines(out_dir: Path, rows: list[dict]) -> str:
     """The Headline section of index.html: each run's ``NAME.json`` in ``out_dir`` as tables; a run that declares
-    a headline file but has none, or a file that cannot be read, gets a one-line note instead."""
+    a headline file but has none, a file that cannot be read, or one from too few traces or problems
+    (``headline.too_few``) gets a one-line note instead."""
     esc, parts = html.escape, []
     for r in rows:
         path = out_dir / f"{r['name']}.json"
@@ -133,7 +136,8 @@ def _headlines(out_dir: Path, rows: list[dict]) -> str:
             continue
         try:
             data = headline.read(path)
-            tables = headline_html(data)
+            few = headline.too_few(data)  # a number from 3 traces reads like a result; say why there is none
+            tables = f"<p class='note'>{esc(few)}.</p>" if few else headline_html(data)
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             parts.append(f"<p class='note'>{esc(r['title'])}: {esc(path.name)} skipped, it could not be read "
                          f"({esc(type(e).__name__)}: {esc(str(e))}).</p>")

@@ -79,4 +79,5 @@ def variant(cfg: PipelineConfig, name: str) -> PipelineConfig:
 
 
 __all__ = ["PipelineConfig", "config_from", "notebook_config", "Sources", "has_planted_roles", "build_testbed", "variant",
-           "attribute_traces", "sanity_attributions", "select_traces", "removal_effects", "attributor_quality", "compare_modes"]
+           "attribute_traces", "sanity_attributions", "select_traces", "removal_effects", "attributor_quality",
+           "compare_modes"]

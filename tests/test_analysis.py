@@ -330,3 +330,22 @@ def test_per_problem_results_read_every_model_of_a_compare_modes_table(tmp_path)
     head = analysis.finetuning_headline(rows[:4], n_resamples=50, results=table)
     assert head["modes"][0]["mode"] == "base" and head["modes"][0]["n_base_seeds"] == 2
     assert head["modes"][0]["mean_length"] == 25.0 and head["modes"][0]["trained_token_fraction"] == 0.0
+
+
+def test_fig2_ordering_is_claimed_only_where_its_interval_says_so():
+    """The sentence under 01's removal table: the paper's ordering (strong moderate-consistency segments cost more
+    confidence than strong consistent ones) only when the traces' interval lies below 0; the reverse above;
+    otherwise not detected; and no claim without both groups."""
+    import pandas as pd
+
+    moderate, high = analysis.GROUPS[:2]
+
+    def table(effect_moderate, effect_high, n=30):
+        return pd.DataFrame([{"trace": t, "group": g, "removal_effect": e + 0.01 * (t % 3)}
+                             for t in range(n) for g, e in ((moderate, effect_moderate), (high, effect_high))])
+    assert analysis.fig2_ordering(table(-0.6, -0.2)).endswith(": the paper's ordering.")
+    assert analysis.fig2_ordering(table(-0.2, -0.6)).endswith(": the reverse of the paper's ordering.")
+    noisy = pd.DataFrame([{"trace": t, "group": g, "removal_effect": (-1) ** (t + i) * 0.5}
+                          for t in range(30) for i, g in enumerate((moderate, high))])
+    assert analysis.fig2_ordering(noisy).endswith(": an ordering is not detected.")
+    assert "cannot be checked" in analysis.fig2_ordering(table(-0.6, -0.2)[lambda d: d.group == moderate])

@@ -75,6 +75,10 @@ def test_random_weight_strength_is_read_on_the_traces_it_covers():
     assert set(table[table.score == "strength"].n_traces) == {10}
 
 
+def shapes(model):
+    return {name: tuple(w.shape) for name, w in model.state_dict().items()}
+
+
 def test_the_sanity_step_attributes_with_weights_that_differ_from_the_attributors(tmp_path):
     cfg = pipeline.config_from({"workdir": str(tmp_path), "n_train": 4, "n_test": 2, "n_attribute": 3, "n_base": 16,
                                 "n_sanity": 2, "base_train": {"size": "tiny", "epochs": 1.0, "batch_size": 4},
@@ -87,13 +91,44 @@ def test_the_sanity_step_attributes_with_weights_that_differ_from_the_attributor
     assert "init-seed" in random_model  # on the testbed: the base model's own initialisation
     a, _ = load_model(attributor, device="cpu", dtype="float32")
     b, _ = load_model(random_model, device="cpu", dtype="float32")
-    assert a.config.to_dict() | {"_name_or_path": ""} == b.config.to_dict() | {"_name_or_path": ""}
+    assert shapes(a) == shapes(b)  # the same architecture
     assert not torch.equal(a.model.embed_tokens.weight, b.model.embed_tokens.weight)
     assert any(not np.allclose(x["strength"], y["strength"]) for x, y in zip(sane, trained))
     assert pipeline.sanity_attributions(dataclasses.replace(cfg, n_sanity=0)) is None
     # any other attributor: its config initialised afresh, saved once in the work dir
     other = shutil.copytree(attributor, tmp_path / "other")
     fresh = testbed.random_weights(cfg, str(other))
-    assert fresh.startswith(str(tmp_path / "random-weights-other-")) and testbed.random_weights(cfg, str(other)) == fresh
+    assert fresh.startswith(str(tmp_path / "random-weights-other-"))
+    assert testbed.random_weights(cfg, str(other)) == fresh  # cached
     c, _ = load_model(fresh, device="cpu", dtype="float32")
-    assert not torch.equal(a.model.embed_tokens.weight, c.model.embed_tokens.weight)
+    assert shapes(c) == shapes(a) and not torch.equal(a.model.embed_tokens.weight, c.model.embed_tokens.weight)
+
+
+def test_the_papers_criterion_is_counted_and_an_unsupported_choice_said_so():
+    from segkit.analysis import criterion_support
+
+    none = criterion_support(pd.DataFrame({"confidence_gap": [-0.1, -0.2, float("nan")]}))
+    assert "positive in 0 of the grid's 2 cells (1 more have no gap)" in none and "not supported" in none
+    some = criterion_support(pd.DataFrame({"confidence_gap": [0.1, -0.1, 0.2], "ci_low": [0.05, -0.2, -0.1]}))
+    assert some == ("The paper's criterion (the confidence gap) is positive in 2 of the grid's 3 cells, with its "
+                    "95% interval above 0 in 1.")
+
+
+def test_the_headline_carries_the_converged_share_and_ig_against_the_surface():
+    from segkit import headline
+
+    records = [{**r, "completeness_error": e} for r, e in zip(length_decides(4), [0.01, 0.05, 0.2, 0.049])]
+    vs = versus_model_free(length_decides(), variant="v", n_resamples=50)
+    out = headline.attribution("m", records, {"n_problems": 0}, {}, auc_table(records, n_resamples=20), [vs])
+    assert out["converged_share"] == 0.75  # 0.05 is converged, 0.2 is not
+    assert out["versus_model_free"][0]["sentence"] == describe_versus(vs) and out["versus_model_free"][0]["best"]
+    assert {"length", "position"} <= {a["score"] for a in out["auc"] if a["role"] == "all"}
+
+
+def test_the_index_states_ig_against_the_surface():
+    from segkit.index import headline_html
+
+    row = {"score": "length", "kind": "model-free", "variant": "v", "role": "all", "auc": 1.0, "ci_low": 1.0,
+           "ci_high": 1.0}
+    page = headline_html({"auc": [row], "versus_model_free": [{"sentence": "v: IG strength <lower>"}]})
+    assert "<td>length</td>" in page and "v: IG strength &lt;lower&gt;" in page

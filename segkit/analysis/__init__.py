@@ -26,10 +26,10 @@ from .modes import (METRICS, PAIRS, RECOVERED, VERSUS, differences_table, finetu
 from .plots import (plot_auc, plot_completeness, plot_differences, plot_grid, plot_joint, plot_length_vs_share,
                     plot_modes, plot_precision_recall, plot_removal_effect, plot_segment_features, plot_strength_cdf,
                     plot_strength_consistency)
-from .removal import add_removal_effects, answer_log_prob, removal_by_group, segment_removal_effect
+from .removal import add_removal_effects, answer_log_prob, fig2_ordering, removal_by_group, segment_removal_effect
 from .selection import (SELECTION_METHODS, choose_tau_beta, choose_tau_beta_on_signal, confidence_gap_spread,
-                        grid_table, load_choice, precision_recall, precision_recall_by_method, save_choice,
-                        selectable_segments)
+                        criterion_support, grid_table, load_choice, precision_recall, precision_recall_by_method,
+                        save_choice, selectable_segments)
 from .tables import (GROUPS, bleu_overlap, completeness_table, importance_labels, segment_table, segments_needed,
                      strength_cdf, strength_group)
 from ..roles import ROLES, USEFUL, is_useful

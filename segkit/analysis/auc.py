@@ -145,12 +145,11 @@ def versus_model_free(records: Sequence[dict], score: str = "strength", variant:
     same data (the largest AUC over ``MODEL_FREE_SCORES``), so the difference is IG against the strongest surface
     explanation these traces offer; the interval resamples traces once and computes both AUCs on each resample
     (``stats.auc_resamples``), and ``verdict`` is ``stats.verdict_word`` ("not detected" when it contains 0)."""
-    field, fn = SEGMENT_SCORES[score]
-    kept = _kept(records, field, always_keep)  # the model-free scores need no field: read on the same traces
-    boot = {name: stats.auc_resamples(_traces(kept, SEGMENT_SCORES[name][1], beta, "all"), n_resamples, seed)[:2]
-            for name in [score, *MODEL_FREE_SCORES] if SEGMENT_SCORES[name][0] is None or
-            all(SEGMENT_SCORES[name][0] in r for r, _ in kept)}
-    best = max((n for n in boot if n in MODEL_FREE_SCORES), key=lambda n: boot[n][0])
+    kept = _kept(records, SEGMENT_SCORES[score][0], always_keep)  # the model-free scores are read on these too
+    names = [score] + [n for n, (f, _) in MODEL_FREE_SCORES.items() if f is None or all(f in r for r, _ in kept)]
+    boot = {n: stats.auc_resamples(_traces(kept, SEGMENT_SCORES[n][1], beta, "all"), n_resamples, seed)[:2]
+            for n in names}  # (AUC, its resamples): the same draws for every score (same traces, same seed)
+    best = max(names[1:], key=lambda n: boot[n][0])
     diffs = boot[score][1] - boot[best][1]
     lo, hi = stats.percentile_interval(diffs[~np.isnan(diffs)])
     return {"variant": variant, "score": score, "best": best, "auc": boot[score][0], "best_auc": boot[best][0],
@@ -162,7 +161,7 @@ def describe_versus(row: dict) -> str:
     """``versus_model_free``'s row as a sentence, e.g. ``"answer restated: IG strength 0.701 minus length 0.990 =
     -0.289 [-0.320, -0.255], lower: IG strength does not beat the segment's surface."``"""
     plain = {"higher": "beats the segment's surface", "lower": "does not beat the segment's surface",
-             "not detected": "does not beat the segment's surface (no difference detected)"}[row["verdict"]]
+             "not detected": "is not shown to beat the segment's surface"}[row["verdict"]]
     return (f"{row['variant']}: IG {row['score']} {row['auc']:.3f} minus {row['best']} {row['best_auc']:.3f} = "
             f"{row['diff']:+.3f} [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}], {row['verdict']}: IG {row['score']} "
             f"{plain}.")
@@ -173,5 +172,5 @@ def auc_summary(auc: pd.DataFrame, role: str = "all") -> pd.DataFrame:
     part = auc[auc.role == role]
     cells = {(r.score, r.variant): f"{r.auc:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]" for r in part.itertuples()}
     scores, variants = list(dict.fromkeys(part.score)), list(dict.fromkeys(part.variant))
-    return pd.DataFrame([[cells.get((s, v), "") for v in variants] for s in scores], index=pd.Index(scores, name="score"),
-                        columns=pd.Index(variants, name="variant"))
+    return pd.DataFrame([[cells.get((s, v), "") for v in variants] for s in scores],
+                        index=pd.Index(scores, name="score"), columns=pd.Index(variants, name="variant"))

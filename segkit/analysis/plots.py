@@ -240,7 +240,7 @@ def plot_differences(diffs: pd.DataFrame):
 
 def plot_auc(auc: pd.DataFrame, role: str = "all"):
     """ROC-AUC of each segment score (``auc_table``) with its 95% interval, one marker per testbed variant; 0.5
-    (dashed) is a score blind to the planted useful segments."""
+    (dashed) is a score blind to the planted useful segments. Labels of model-free scores are brown, random grey."""
     import matplotlib.pyplot as plt
 
     _style()
@@ -253,6 +253,9 @@ def plot_auc(auc: pd.DataFrame, role: str = "all"):
         ax.errorbar(d.auc, y, xerr=[d.auc - d.ci_low, d.ci_high - d.auc], fmt=marker, capsize=3, label=v)
     ax.axvline(0.5, color="grey", lw=1, ls="--")
     ax.set_yticks(np.arange(len(scores))[::-1], scores)
+    kinds = dict(zip(part.score, part.get("kind", pd.Series("model", index=part.index))))
+    for label in ax.get_yticklabels():  # the controls a model's score must beat, told apart at a glance
+        label.set_color({"model-free": "tab:brown", "random": "grey"}.get(kinds.get(label.get_text()), "black"))
     ax.set(xlabel=f"ROC-AUC, planted useful vs the rest ({role} roles)", xlim=(0, 1))
     ax.legend(title="testbed", loc="lower right", fontsize=8)
     fig.tight_layout()

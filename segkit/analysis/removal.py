@@ -3,14 +3,16 @@ Fig. 2). The only part of ``segkit.analysis`` that needs a model.
 
     >>> records = add_removal_effects(model, tokenizer, records)   # + removal_effect per segment
     >>> removal_by_group(segment_table(records))                    # Fig. 2 in numbers
+    >>> fig2_ordering(segment_table(records))                       # does this run show the paper's ordering?
 """
 from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
 
-from .. import prompt
+from .. import prompt, stats
 from .tables import GROUPS
 
 
@@ -61,3 +63,26 @@ def removal_by_group(table: pd.DataFrame) -> pd.DataFrame:
     g = table.dropna(subset=["removal_effect"]).groupby("group").removal_effect
     out = g.agg(["count", "mean", "std", "median"]).reindex([x for x in GROUPS if x in g.groups])
     return out.reset_index()
+
+
+def fig2_ordering(table: pd.DataFrame, n_resamples: int = stats.N_RESAMPLES, seed: int = 0) -> str:
+    """Whether this run shows the paper's Fig. 2 ordering, as a sentence: the mean removal effect of high-strength,
+    moderate-consistency segments minus that of high-strength, high-consistency ones (``segment_table`` rows), with
+    a 95% interval from resampling traces. The paper's ordering (the first cost more confidence) is claimed only when
+    the interval lies below 0, the reverse only when it lies above."""
+    moderate, high = GROUPS[:2]
+    t = table.dropna(subset=["removal_effect"])
+    per_trace = t.pivot_table(index="trace", columns="group", values="removal_effect", aggfunc=["sum", "count"],
+                              fill_value=0)
+    if any(g not in per_trace["count"] or per_trace["count"][g].sum() == 0 for g in (moderate, high)):
+        return f"Fig. 2's ordering cannot be checked: no removal effect of {moderate} or of {high} segments."
+    s_m, c_m, s_h, c_h = (per_trace[k][g].to_numpy(float) for g in (moderate, high) for k in ("sum", "count"))
+    idx = np.random.default_rng(seed).integers(0, len(per_trace), size=(n_resamples, len(per_trace)))  # traces
+    with np.errstate(invalid="ignore", divide="ignore"):  # a resample without one group gives NaN, left out
+        diffs = s_m[idx].sum(1) / c_m[idx].sum(1) - s_h[idx].sum(1) / c_h[idx].sum(1)
+    diff = s_m.sum() / c_m.sum() - s_h.sum() / c_h.sum()
+    low, high_ci = stats.percentile_interval(diffs[~np.isnan(diffs)])
+    reading = {"lower": "the paper's ordering", "higher": "the reverse of the paper's ordering",
+               "not detected": "an ordering is not detected"}[stats.verdict_word(low, high_ci)]
+    return (f"Removal effect of {moderate} ({c_m.sum():.0f} segments) minus {high} ({c_h.sum():.0f}): "
+            f"{diff:+.3f} [{low:+.3f}, {high_ci:+.3f}] (95%, traces resampled): {reading}.")

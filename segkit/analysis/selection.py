@@ -141,6 +141,24 @@ def confidence_gap_spread(records: Sequence[dict], taus: Sequence[float], betas:
     return pd.DataFrame(rows)
 
 
+def criterion_support(table: pd.DataFrame) -> str:
+    """In how many cells of the grid (``grid_table``, or ``confidence_gap_spread`` for the intervals) the paper's
+    criterion is positive, as a sentence; when it is positive in none, removing a selected segment never costs more
+    confidence than removing an unselected one, and the sentence says the choice of (tau, beta) is not supported by
+    the criterion."""
+    gap = table["confidence_gap"]
+    n, positive = int(gap.notna().sum()), int((gap > 0).sum())
+    text = f"The paper's criterion (the confidence gap) is positive in {positive} of the grid's {n} cells"
+    if len(table) > n:
+        text += f" ({len(table) - n} more have no gap)"
+    if "ci_low" in table:
+        text += f", with its 95% interval above 0 in {int((table.ci_low > 0).sum())}"
+    if positive:
+        return text + "."
+    return (text + ": in no cell does removing a selected segment cost more confidence than removing an "
+            "unselected one, so the choice of (tau, beta) below is not supported by the paper's criterion.")
+
+
 def _numbers(row: pd.Series) -> dict:
     """A chosen row's statistics for the choice file: one over nothing (NaN) is None, never NaN (not JSON)."""
     return {k: None if pd.isna(v) else float(v) for k, v in row.items() if k not in ("tau", "beta")}
