@@ -166,12 +166,12 @@ def attribution_plan(model, tokenizer, rec: dict, *, steps: int = STEPS, method:
 def attribute_records(model, tokenizer, recs: list[dict], trace_batch: int = TRACE_BATCH, **options) -> list[dict]:
     """``[attribute_record(model, tokenizer, r, **options) for r in recs]``, with the path points of up to
     ``trace_batch`` records at a time in shared forward/backward passes (``in_lockstep``): the same records up to
-    float rounding, faster for small models (reports/benchmark_attribution.md). Shared passes never checkpoint,
-    and each record's ``attribution_seconds`` is its group's time shared equally."""
+    float rounding, meant for small models on a GPU (no faster on a 2-core CPU: reports/benchmark_attribution.md).
+    Shared passes never checkpoint, and each record's ``attribution_seconds`` is its group's time shared equally."""
     if trace_batch == 1:
         return [attribute_record(model, tokenizer, r, **options) for r in recs]
     # traces of about the same length share passes, so that little of a pass is padding
-    order = sorted(range(len(recs)), key=lambda i: len(str(recs[i].get("question"))) + len(str(recs[i].get("segments"))))
+    order = sorted(range(len(recs)), key=lambda i: sum(len(str(recs[i].get(k))) for k in RECORD_FIELDS))
     out = [None] * len(recs)
     for k in range(0, len(order), trace_batch):
         t, group = time.perf_counter(), order[k:k + trace_batch]
@@ -217,7 +217,8 @@ def selection_agreement(a: dict, b: dict, tau: float = TAU, beta: float = BETA) 
 
 
 # options that do not change what a record holds (IG is batch-size invariant; tests/test_attribute.py)
-NOT_RESULT_OPTIONS = ("input", "out", "on_error", "unique_ids", "overwrite", "threads", "batch_size", "device")
+NOT_RESULT_OPTIONS = ("input", "out", "on_error", "unique_ids", "overwrite", "threads", "batch_size", "trace_batch",
+                      "device")
 
 _INPUT, _OUT, _ON_ERROR, _UNIQUE_IDS = stage_options("JSON Lines with question, answer, segments",
                                                     "output JSON Lines (appended; resumable)")
@@ -257,10 +258,15 @@ class AttributeConfig:
     on_error: str = _ON_ERROR
     unique_ids: str = _UNIQUE_IDS
     overwrite: bool = field(default=False, metadata={"help": "start OUT afresh instead of resuming"})
+    trace_batch: int = field(default=TRACE_BATCH, metadata={"help": "traces whose path points share forward/backward "
+                             "passes (same results up to float rounding; meant for small models on a GPU: "
+                             "reports/benchmark_attribution.md)"})
 
     def __post_init__(self):
         check_ig_options(self.steps, self.method, self.baseline, self.target_error, self.max_steps,
                          self.batch_size or None)
+        if not (isinstance(self.trace_batch, Integral) and self.trace_batch >= 1):
+            raise ValueError(f"trace_batch must be an integer >= 1 (1: one trace at a time), got {self.trace_batch!r}")
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0 (0: auto), got {self.threads}")
         if self.on_error not in ON_ERROR:
@@ -306,7 +312,43 @@ def run_attribute(cfg: AttributeConfig) -> str:
     model, tok = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     set_cpu_threads(model, cfg.threads)
     opts = attribute_options(cfg, pad_token_id(tok, cfg.pad_token or None))
-    res = run_stage(lambda r: attribute_record(model, tok, r, **opts), cfg.input, cfg.out, desc="attribute",
+    fn = (lambda r: attribute_record(model, tok, r, **opts)) if cfg.trace_batch == 1 else \
+        SharedAttribution(model, tok, cfg, opts)
+    res = run_stage(fn, cfg.input, cfg.out, desc="attribute",
                     required=RECORD_FIELDS, on_error=cfg.on_error, overwrite=cfg.overwrite, dedupe_ids=cfg.unique_ids,
                     options=options)
     return f"{res.done} attributed, {res.resumed} already done, {len(res.skipped)} skipped -> {cfg.out}"
+
+
+class SharedAttribution:
+    """``run_stage``'s function for ``trace_batch`` > 1: asked for a record, it attributes it together with the
+    next ``trace_batch - 1`` records ``run_stage`` will ask for (this rank's, not yet in OUT: ``attribute_records``)
+    and keeps those until asked. It answers a record only with the output of that very record (same content), so a
+    wrong guess of what comes next costs time, never results; a group that fails is redone one record at a time,
+    so an error stays the failing record's."""
+
+    def __init__(self, model, tokenizer, cfg: AttributeConfig, options: dict):
+        import json
+
+        from .records import finished_ids, iter_jsonl, owner, rank_world, shard_path
+
+        self.model, self.tokenizer, self.n, self.options, self.done = model, tokenizer, cfg.trace_batch, options, {}
+        self.key = lambda rec: json.dumps(rec, sort_keys=True, default=str)  # noqa: E731
+        rank, world = rank_world()
+        seen = set() if cfg.overwrite else {*finished_ids(cfg.out), *finished_ids(shard_path(cfg.out, rank, world))}
+        self.todo = [r for _, r in iter_jsonl(cfg.input, cfg.unique_ids) if isinstance(r, dict)
+                     and not field_error(r, RECORD_FIELDS) and str(r["id"]) not in seen
+                     and owner(str(r["id"]), world) == rank]
+        self.at = {self.key(r): k for k, r in enumerate(self.todo)}
+
+    def __call__(self, rec: dict) -> dict:
+        key = self.key(rec)
+        if key not in self.done:
+            k = self.at.get(key, len(self.todo))
+            group = [rec] + [r for r in self.todo[k + 1:k + self.n] if self.key(r) not in self.done]
+            try:
+                outs = attribute_records(self.model, self.tokenizer, group, self.n, **self.options)
+            except Exception:
+                group, outs = [rec], [attribute_record(self.model, self.tokenizer, rec, **self.options)]
+            self.done.update((self.key(r), o) for r, o in zip(group, outs))
+        return self.done.pop(key)

@@ -1,7 +1,8 @@
-"""Hardware planning for attribution: path points per pass, gradient checkpointing, CPU threads.
+"""Hardware planning for attribution: path points per pass, several traces in shared passes, gradient
+checkpointing, CPU threads.
 
-None of this changes what IG computes (the tests check that batch size and checkpointing leave the attributions
-unchanged); it decides how fast and in how much memory. The numbers behind each choice are in
+None of this changes what IG computes (the tests check that batch size, checkpointing and shared passes leave the
+attributions unchanged); it decides how fast and in how much memory. The numbers behind each choice are in
 reports/benchmark_attribution.md.
 
     >>> auto_batch_size(torch.device("cpu"), n_tokens=512, point_bytes=10_000)   # 2048 tokens per pass on CPU
@@ -61,8 +62,9 @@ def auto_batch_size(device: torch.device, n_tokens: int, point_bytes: int) -> tu
 
 
 class SharedPasses:
-    """Path points of several traces in shared forward/backward passes, for small models whose passes over one
-    trace's few points are mostly per-pass overhead. ``paths`` are ``segkit.ig.InterpolationPath``s through
+    """Path points of several traces in shared forward/backward passes, meant for small models on a GPU, whose
+    passes over one trace's few points are mostly overhead (on a 2-core CPU, where a pass is compute, it measured
+    no faster: reports/benchmark_attribution.md). ``paths`` are ``segkit.ig.InterpolationPath``s through
     ``segkit.ig.AnswerLogProb``s of one model; each row gets its own trace's F and integrand, equal to the
     single-trace ones up to float rounding: in a pass, the part of each input after its cached prompt is
     right-padded to the longest (a causal model never reads later positions), each prompt's keys and values are
@@ -103,7 +105,7 @@ class SharedPasses:
             tuple(torch.cat([pad(self.kv[i][layer][kv]) for i, _ in rows]) for kv in (0, 1))
             for layer in range(len(self.kv[0]))]) if P else None
         model = self.F[0].model
-        with self.F[0]._autocast(embeds):
+        with self.F[0].amp(embeds):
             logits = model(inputs_embeds=embeds.to(model.dtype), attention_mask=mask, position_ids=positions,
                            past_key_values=cache, use_cache=cache is not None, logits_to_keep=keep).logits
         f = []                                                                            # logits: (B, K, V)

@@ -55,11 +55,12 @@ class AnswerLogProb(torch.nn.Module):
         self.answer_ids = input_ids[targets]                 # (A,)
         self.start, self.cache = 0, None
         if prefix is not None and prefix.shape[1] > 0:       # (1, P, H)
-            with torch.no_grad(), self._autocast(prefix):
+            with torch.no_grad(), self.amp(prefix):
                 self.cache = model(inputs_embeds=prefix.to(model.dtype), use_cache=True).past_key_values
             self.start = prefix.shape[1]
 
-    def _autocast(self, embeds):
+    def amp(self, embeds):
+        """bf16 autocast of the matrix products when asked (``autocast``), else nothing."""
         return torch.autocast(embeds.device.type, dtype=torch.bfloat16, enabled=self.autocast)
 
     def forward(self, embeds: torch.Tensor) -> torch.Tensor:  # (B, T, H) -> (B,)
@@ -68,7 +69,7 @@ class AnswerLogProb(torch.nn.Module):
         if self.cache is not None:  # the model appends to the cache: each batch gets its own copy
             cache = copy.deepcopy(self.cache)
             cache.batch_repeat_interleave(len(embeds))
-        with self._autocast(embeds):
+        with self.amp(embeds):
             logits = self.model(inputs_embeds=embeds, past_key_values=cache, use_cache=cache is not None,
                                 logits_to_keep=self.keep).logits                                    # (B, keep, V)
         logp = torch.log_softmax(logits[:, self.rows].float(), dim=-1)                            # (B, A, V)

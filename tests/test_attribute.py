@@ -285,7 +285,7 @@ def test_config_checks_itself_before_out_is_touched(tmp_path, write_jsonl):
     cases = [(dict(steps=0), "steps"), (dict(steps=16, max_steps=8), "max_steps"), (dict(method="simpson"), "method"),
              (dict(baseline="mean"), "baseline"), (dict(method="riemann_middle", steps=1), "steps"),
              (dict(target_error=float("nan")), "target_error"), (dict(batch_size=-1), "batch_size"),
-             (dict(threads=-1), "threads"), (dict(device="tpu"), "device"),
+             (dict(threads=-1), "threads"), (dict(device="tpu"), "device"), (dict(trace_batch=0), "trace_batch"),
              (dict(input=str(tmp_path / "missing.jsonl")), "no such file"), (dict(out=str(src)), str(src))]
     if not torch.cuda.is_available():
         cases.append((dict(device="cuda"), "CUDA"))
@@ -302,16 +302,23 @@ def test_config_checks_itself_before_out_is_touched(tmp_path, write_jsonl):
 
 
 def test_run_attribute_skips_mistyped_records(tmp_path, write_jsonl, tiny_model_dir):
+    """One trace at a time and several in shared passes (a failing record in a group stays that record's error):
+    the same records are written, with the same attributions up to float rounding."""
     import json
 
     good = record()
-    src = write_jsonl("in.jsonl", [good, {**good, "id": "null", "answer": None},
+    src = write_jsonl("in.jsonl", [good, {**good, "id": "null", "answer": None}, RECORDS[2],
                                    {**good, "id": "ints", "segments": [1, 2]}, {**good, "id": "s2"}])
-    out = tmp_path / "out.jsonl"
-    cfg = attribute.AttributeConfig(input=str(src), out=str(out), model=str(tiny_model_dir), steps=2,
-                            method="gausslegendre", on_error="skip", threads=1)
-    assert attribute.run_attribute(cfg).startswith("2 attributed, 0 already done, 2 skipped")
-    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["s1", "s2"]
+    written = {}
+    for trace_batch in (1, 3):
+        out = tmp_path / f"out{trace_batch}.jsonl"
+        cfg = attribute.AttributeConfig(input=str(src), out=str(out), model=str(tiny_model_dir), steps=2,
+                                        method="gausslegendre", on_error="skip", threads=1, trace_batch=trace_batch)
+        assert attribute.run_attribute(cfg).startswith("3 attributed, 0 already done, 2 skipped")
+        written[trace_batch] = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in written[3]] == [r["id"] for r in written[1]] == ["s1", "s3", "s2"]
+    for a, b in zip(*written.values()):
+        assert flat(b).tolist() == pytest.approx(flat(a).tolist(), rel=1e-4, abs=1e-6)
 
 
 def test_import_is_light():
