@@ -62,9 +62,9 @@ DESIGNS = {  # as measured in reports/testbed_design.md, in that order
 # learning curves: synth options over the functional testbed's, model size and base traces per curve
 CURVE_BASE = dict(synth={"roles": "functional"}, size="tiny", n_base=4000, batch_size=8, base_lr=3e-3, n_ft=256,
                   n_eval=200, max_new_tokens=160)
-CURVES = {
+CURVES = {  # reports/testbed_design.md section 9 measures "functional"; the others are the next knobs to try
     "functional": {},                                            # the default knobs: chain 2, 1 distractor, mod 10
-    "functional-pm": dict(synth={"ops": "+-"}),                  # no product: no value erased, fewer facts to learn
+    "functional-pm": dict(synth={"ops": "+-"}),                  # no product: fewer arithmetic facts to learn
     "functional-chain1": dict(synth={"chain_length": 1}),        # one derivation before the answer
     "functional-small": dict(size="small"),                      # the larger testbed model (6 layers, 256 wide)
 }
@@ -75,13 +75,14 @@ def design(name: str) -> dict:
     return {**BASE, **DESIGNS[name]}
 
 
-def curve_design(name: str, steps: int) -> dict:
-    """The curve ``name``'s base model trained for ``steps`` optimisation steps, as a design (so its data, base
-    model and fine-tuning are built as a design's)."""
+def curve_design(name: str, steps: int, seed: int = 0) -> dict:
+    """The curve ``name``'s base model (``seed``: its traces, initialisation and order) trained for ``steps``
+    optimisation steps, as a design (so its data, base model and fine-tuning are built as a design's)."""
     c = {**CURVE_BASE, **CURVES[name]}
     synth = {**CURVE_BASE["synth"], **c["synth"]}
     return {**BASE, **c, "base_synth": {**synth, "style": "concise"}, "ft_synth": {**synth, "style": "long"},
-            "base_epochs": steps * c["batch_size"] / c["n_base"], "base_name": f"base-{c['size']}-steps{steps}"}
+            "base_epochs": steps * c["batch_size"] / c["n_base"], "base_seeds": (seed,),
+            "base_name": f"base-{c['size']}-steps{steps}" + (f"-seed{seed}" if seed else "")}
 
 
 def build_data(d: dict, root: Path, base_seed: int) -> dict[str, Path]:
@@ -184,22 +185,22 @@ def guesses(test: Path) -> dict[str, float]:
     return {"constant_guess": max(golds.values()) / sum(golds.values()), "uniform_guess": 1 / len(golds)}
 
 
-def run_curve(name: str, steps: list[int], workdir: Path, log: Path) -> None:
+def run_curve(name: str, steps: list[int], workdir: Path, log: Path, seed: int = 0) -> None:
     """One base model per step budget, each evaluated greedy and sampled; one line per budget in ``log``."""
     for s in steps:
-        d = curve_design(name, s)
+        d = curve_design(name, s, seed)
         root = workdir / f"curve-{name}"
-        paths = build_data(d, root, 0)
-        base, train_seconds = train_base(d, paths, root, 0)
+        paths = build_data(d, root, seed)
+        base, train_seconds = train_base(d, paths, root, seed)
         summary = json.loads((base / "train_summary.json").read_text())
-        entry = {"curve": name, "steps": s, "date": date.today().isoformat(), "machine": machine(),
+        entry = {"curve": name, "seed": seed, "steps": s, "date": date.today().isoformat(), "machine": machine(),
                  "config": {k: d[k] for k in ("size", "n_base", "base_epochs", "base_lr", "batch_size",
                                               "base_synth", "n_eval", "max_new_tokens")},
                  "train_loss": summary["train_loss"], "train_seconds": train_seconds,
                  "seconds_per_step": train_seconds / s, **guesses(paths["test"])}
         for label, temperature in (("greedy", 0.0), ("sampled", SAMPLED)):
             rows, seconds = evaluate(base, paths["test"], d, temperature)
-            per_problem = problem_rows(rows, d, mode=label, base_seed=0)
+            per_problem = problem_rows(rows, d, mode=label, base_seed=seed)
             entry[label] = {**{k: stats.mean_ci(per_problem, label, "correct")[k] for k in ("mean", "ci_low",
                                                                                              "ci_high")},
                             "length": float(np.mean([r["length"] for r in per_problem])),
@@ -210,25 +211,25 @@ def run_curve(name: str, steps: list[int], workdir: Path, log: Path) -> None:
         print(curve_markdown([entry]).splitlines()[-1], flush=True)
 
 
-def run_probe(name: str, steps: int, workdir: Path, log: Path) -> None:
-    """Fine-tune the curve's base of ``steps`` on long traces, ``full`` against ``oracle``, sampled as the
-    default report samples; logged as the design ``curve-NAME-stepsS``."""
+def run_probe(name: str, steps: int, workdir: Path, log: Path, ft_lr: float = BASE["ft_lr"]) -> None:
+    """Fine-tune the curve's base of ``steps`` on long traces at ``ft_lr``, ``full`` against ``oracle``, sampled
+    as the default report samples; logged as the design ``curve-NAME-stepsS`` (``-lrX`` off the default rate)."""
     d = {**curve_design(name, steps), "base_from": f"curve-{name}", "modes": ("full", "oracle"),
-         "temperature": SAMPLED}
-    run_design(f"curve-{name}-steps{steps}", workdir, log, d)
+         "temperature": SAMPLED, "ft_lr": ft_lr}
+    run_design(f"curve-{name}-steps{steps}" + (f"-lr{ft_lr:g}" if ft_lr != BASE["ft_lr"] else ""), workdir, log, d)
 
 
 def curve_markdown(entries: list[dict]) -> str:
     """One table row per logged curve point, the guesses beside each accuracy."""
-    lines = ["| curve | size | base traces | steps | epochs | loss | s/step | greedy acc [95% CI] | sampled acc "
-             "[95% CI] | greedy / sampled length | constant / uniform guess |", "|---|---|---|---|---|---|---|---|"
-             "---|---|---|"]
+    lines = ["| curve | seed | size | base traces | steps | epochs | mean loss | s/step | greedy acc [95% CI] | "
+             "sampled acc [95% CI] | greedy / sampled length | constant / uniform guess |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for e in entries:
         c, g, t = e["config"], e["greedy"], e["sampled"]
         acc = lambda x: f"{x['mean']:.3f} [{x['ci_low']:.3f}, {x['ci_high']:.3f}]"  # noqa: E731
-        lines.append(f"| {e['curve']} | {c['size']} | {c['n_base']} | {e['steps']} | {c['base_epochs']:g} | "
-                     f"{e['train_loss']:.3f} | {e['seconds_per_step']:.2f} | {acc(g)} | {acc(t)} | "
-                     f"{g['length']:.0f} / {t['length']:.0f} | {e['constant_guess']:.3f} / "
+        lines.append(f"| {e['curve']} | {e.get('seed', 0)} | {c['size']} | {c['n_base']} | {e['steps']} | "
+                     f"{c['base_epochs']:g} | {e['train_loss']:.3f} | {e['seconds_per_step']:.2f} | {acc(g)} | "
+                     f"{acc(t)} | {g['length']:.0f} / {t['length']:.0f} | {e['constant_guess']:.3f} / "
                      f"{e['uniform_guess']:.3f} |")
     return "\n".join(lines)
 
@@ -285,6 +286,8 @@ def main() -> None:
     ap.add_argument("--steps", default="250,500,1000,2000", help="the curve's base budgets, in optimisation steps")
     ap.add_argument("--probe", type=int, default=0, help="then fine-tune the curve's base of this many steps with "
                                                          "full and oracle on long traces")
+    ap.add_argument("--ft-lr", type=float, default=BASE["ft_lr"], help="the probe's fine-tuning learning rate")
+    ap.add_argument("--seed", type=int, default=0, help="the curve's base seed (its traces, init and order)")
     ap.add_argument("--curve-table", action="store_true", help="print the markdown table of the logged curves")
     args = ap.parse_args()
     workdir, log = Path(args.workdir), Path(args.log)
@@ -293,9 +296,9 @@ def main() -> None:
     for name in args.design:
         run_design(name, workdir, log)
     if args.curve:
-        run_curve(args.curve, [int(s) for s in args.steps.split(",") if s], workdir, curves)
+        run_curve(args.curve, [int(s) for s in args.steps.split(",") if s], workdir, curves, args.seed)
         if args.probe:
-            run_probe(args.curve, args.probe, workdir, log)
+            run_probe(args.curve, args.probe, workdir, log, args.ft_lr)
     if args.table:
         print(markdown(log))
     if args.curve_table:
