@@ -30,7 +30,8 @@ report: install
 # modules whose docstring examples run as doctests (the others' examples name files and runs: they are not run)
 DOCTESTED := segkit/segment.py segkit/score.py segkit/fields.py segkit/records.py segkit/cli.py segkit/prompt.py \
              segkit/ig.py segkit/hardware.py segkit/features.py segkit/attribute.py segkit/stats.py \
-             segkit/outputs.py segkit/modes.py segkit/roles.py segkit/config.py segkit/commands.py
+             segkit/outputs.py segkit/modes.py segkit/roles.py segkit/config.py segkit/commands.py \
+             segkit/headline.py
 
 test: install
 	$(PY) -m pytest tests $(DOCTESTED) --doctest-modules --nbval-lax --nbval-current-env notebooks $(PYTEST_ARGS)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from numbers import Integral, Real
 
@@ -263,22 +264,28 @@ class AttributeConfig:
                              "reports/benchmark_attribution.md)"})
 
     def __post_init__(self):
-        check_ig_options(self.steps, self.method, self.baseline, self.target_error, self.max_steps,
-                         self.batch_size or None)
-        if not (isinstance(self.trace_batch, Integral) and self.trace_batch >= 1):
-            raise ValueError(f"trace_batch must be an integer >= 1 (1: one trace at a time), got {self.trace_batch!r}")
-        if self.threads < 0:
-            raise ValueError(f"threads must be >= 0 (0: auto), got {self.threads}")
-        if self.on_error not in ON_ERROR:
-            raise ValueError(f"on_error must be one of {', '.join(ON_ERROR)}, got {self.on_error!r}")
-        if self.unique_ids not in DEDUPE:
-            raise ValueError(f"unique_ids must be one of {', '.join(DEDUPE)}, got {self.unique_ids!r}")
-        if "ANSWER" not in self.answer_template:
-            raise ValueError(f"answer template {self.answer_template!r} has no ANSWER placeholder")
+        check_attribute_options(vars(self))
         check_device(self.device)
         if not os.path.isfile(self.input):
             raise ValueError(f"{self.input}: no such file")
         check_output(self.out, self.input)  # OUT may not be the input, a device or a folder (OutputError)
+
+
+def check_attribute_options(o: Mapping) -> None:
+    """Raise ``ValueError`` (one line, naming the option) for attribution options that cannot run, from their values
+    alone: no file, device or model is looked at. ``o`` maps AttributeConfig's fields to values (input, out, model,
+    device and overwrite are not read); ``PipelineConfig`` checks its ``attribute`` options, over the defaults, here."""
+    check_ig_options(o["steps"], o["method"], o["baseline"], o["target_error"], o["max_steps"], o["batch_size"] or None)
+    if not (isinstance(o["trace_batch"], Integral) and o["trace_batch"] >= 1):
+        raise ValueError(f"trace_batch must be an integer >= 1 (1: one trace at a time), got {o['trace_batch']!r}")
+    if o["threads"] < 0:
+        raise ValueError(f"threads must be >= 0 (0: auto), got {o['threads']}")
+    if o["on_error"] not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {', '.join(ON_ERROR)}, got {o['on_error']!r}")
+    if o["unique_ids"] not in DEDUPE:
+        raise ValueError(f"unique_ids must be one of {', '.join(DEDUPE)}, got {o['unique_ids']!r}")
+    if "ANSWER" not in o["answer_template"]:
+        raise ValueError(f"answer template {o['answer_template']!r} has no ANSWER placeholder")
 
 
 def check_device(device: str) -> None:

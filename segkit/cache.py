@@ -1,8 +1,8 @@
 """Cache keys that know what determines a cached result: its options, its inputs and the code that computes it.
 
 ``code_hash("segkit.attribute")`` hashes the source of a module and of every segkit module it imports, directly or
-not (read from the source files, nothing imported), so editing ``score.py`` changes the key of every step that runs
-attribute or train, and leaves the keys of evaluate's steps alone.
+not (read from the source files; finding a file may import its parent modules), so editing ``score.py`` changes the
+key of every step that runs attribute or train, and leaves the keys of evaluate's steps alone.
 
     >>> key(options={"steps": 15}, input=file_key("data/limo.jsonl", "runs"), code=code_hash("segkit.attribute"))
 """
@@ -26,7 +26,8 @@ def module_hash(module: str) -> str:
 
 @functools.lru_cache(maxsize=None)
 def segkit_imports(module: str) -> tuple[str, ...]:
-    """``module`` and every segkit module it imports, directly or not (read from the source, nothing imported)."""
+    """``module`` and every segkit module it imports, directly or not (read from the source; finding a file may
+    import its parent modules)."""
     seen, todo = set(), [module]
     while todo:
         name = todo.pop()

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .params import CheckError, Run, _defaults, data_to_make, load_params
+from .config import defaults
+from .params import CheckError, Run, data_to_make, load_params
 
 
 def model_problem(name: str | None) -> str | None:
@@ -52,8 +53,8 @@ def estimate(cfg, made: dict[Path, dict], trains: bool = True) -> list[str]:
     from .pipeline import has_planted_roles
     from .train import TrainConfig
 
-    ig, tr, ev = (_defaults(AttributeConfig) | cfg.attribute, _defaults(TrainConfig) | cfg.train,
-                  _defaults(EvalConfig) | cfg.generate)
+    ig, tr, ev = (defaults(AttributeConfig) | cfg.attribute, defaults(TrainConfig) | cfg.train,
+                  defaults(EvalConfig) | cfg.generate)
     data = Path(cfg.train_data) if cfg.train_data else None
     n_traces, per_trace, tokens = cfg.n_attribute or "all", None, "? (file missing)"
     if data is None or data in made:  # the testbed, or synthetic stand-ins: ~300 tokens a trace
@@ -73,7 +74,7 @@ def estimate(cfg, made: dict[Path, dict], trains: bool = True) -> list[str]:
     modes = [m for m in cfg.modes if m not in skipped]
     n_bases = 1 if cfg.base_model else len(cfg.base_seeds)  # the testbed trains one base model per base seed
     if not cfg.base_model:
-        base_epochs = (_defaults(TrainConfig) | cfg.base_train)["epochs"]
+        base_epochs = (defaults(TrainConfig) | cfg.base_train)["epochs"]
         lines.append(f"base models: {n_bases} x {cfg.n_base} traces ({cfg.base_synth}) x {base_epochs} epochs, "
                      f"from scratch")
     n_models = len(modes) * len(cfg.seeds) * n_bases
@@ -138,7 +139,7 @@ def check_params(path, notebooks, workdir: Path | None = None) -> str:
     from .synth import SynthConfig
 
     spec, runs = load_params(path, notebooks, workdir)
-    made = {p: {"n": _defaults(SynthConfig)["n"], "roles": False} | o for p, o in data_to_make(spec).items()}
+    made = {p: {"n": defaults(SynthConfig)["n"], "roles": False} | o for p, o in data_to_make(spec).items()}
     problems, lines, lines_seen = data_problems(spec, runs), [], set()
     for run in runs:
         cfg = run.config()

@@ -3,8 +3,10 @@ builds it from a parameter mapping (a parameter file's values), and ``notebook_c
 
 A PipelineConfig holds plain data only: every value is checked against its field's type (JSON kinds: no bytes, sets,
 dates or non-finite numbers, so nothing but data ever reaches a notebook) and range when the config is built, and
-the stage option dicts against the stages' own options dataclasses. ``segkit report --check`` and the run both
-check through here.
+the stage option dicts against the stages' own options dataclasses: names, types and choices, and each stage's
+ranges over its defaults by the stage's own check (``check_attribute_options``, ``check_train_options``,
+``check_eval_options``; SynthConfig is built), so a value the step would refuse is refused before anything runs.
+``segkit report --check`` and the run both check through here.
 
     >>> cfg = config_from({"workdir": "runs/x", "n_train": 400, "n_attribute": 32})
     >>> cfg.tau, cfg.beta
@@ -31,12 +33,18 @@ from .modes import MODES
 from .score import BETA, TAU, check_tau_beta
 
 # the option dicts: which stage's options dataclass each holds, less the options the pipeline sets itself (they
-# name a stage's inputs and outputs, its seed and size)
-_SYNTH, _TRAIN = ("segkit.synth", "SynthConfig", {"out", "n", "seed", "split"}), \
-    ("segkit.train", "TrainConfig", {"data", "out", "mode", "seed", "init", "skip", "tau"})
-OPTIONS = {"attribute": ("segkit.attribute", "AttributeConfig", {"input", "out", "model", "device", "overwrite"}),
+# name a stage's inputs and outputs, its seed and size, and how it handles bad records: the attribution step
+# reruns until every trace is in OUT, so a skipped one would make it run forever), and the stage's function that
+# checks its options' ranges from their values alone (no file or device; None: SynthConfig, which checks nothing
+# else when built, is built instead)
+_SYNTH, _TRAIN = ("segkit.synth", "SynthConfig", {"out", "n", "seed", "split"}, None), \
+    ("segkit.train", "TrainConfig", {"data", "out", "mode", "seed", "init", "skip", "tau"}, "check_train_options")
+OPTIONS = {"attribute": ("segkit.attribute", "AttributeConfig",
+                         {"input", "out", "model", "device", "overwrite", "on_error", "unique_ids"},
+                         "check_attribute_options"),
            "train": _TRAIN, "base_train": _TRAIN,
-           "generate": ("segkit.evaluate", "EvalConfig", {"model", "data", "out", "limit", "device", "overwrite"}),
+           "generate": ("segkit.evaluate", "EvalConfig", {"model", "data", "out", "limit", "device", "overwrite"},
+                        "check_eval_options"),
            "synth": _SYNTH, "base_synth": _SYNTH}
 AT_LEAST_ONE = {"n_train", "n_test", "n_base"}  # the testbed's sizes (0 means "all" only for n_attribute, n_eval...)
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")  # segkit.attribute.check_device asks whether this machine has it
@@ -87,8 +95,14 @@ class PipelineConfig:
         hints = typing.get_type_hints(PipelineConfig)
         for f in dataclasses.fields(self):
             check_value(getattr(self, f.name), hints[f.name], f.name)
-        for name, (_, _, managed) in OPTIONS.items():
+        for name, (module, _, managed, ranges) in OPTIONS.items():
             check_options(options_class(name), getattr(self, name), name, managed)
+            if ranges:  # the stage's ranges, over its defaults: what the step would refuse hours into the run
+                try:
+                    getattr(importlib.import_module(module), ranges)(defaults(options_class(name)) |
+                                                                     getattr(self, name))
+                except ValueError as e:
+                    raise ValueError(f"{name}: {e}") from None
         for name, opts in self.variants.items():
             check_options(options_class("synth"), opts, f"variants[{name!r}]", OPTIONS["synth"][2])
         # the testbed's own ranges (SynthConfig checks no file or machine when built, the other stages do)
@@ -196,9 +210,16 @@ def suggest(name: str, known) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def defaults(cls) -> dict:
+    """A dataclass's field defaults, without constructing it (stage configs check their files when built)."""
+    return {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            for f in dataclasses.fields(cls)
+            if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+
+
 def options_class(name: str):
     """The options dataclass behind the option dict ``name`` (``"train"`` -> TrainConfig)."""
-    module, cls, _ = OPTIONS[name]
+    module, cls = OPTIONS[name][:2]
     return getattr(importlib.import_module(module), cls)
 
 
@@ -210,7 +231,7 @@ def check_options(cls, opts: dict, where: str, managed=()) -> None:
     for key, value in opts.items():
         if key not in fields:
             raise ValueError(f"{where}: {[key]} are not {cls.__name__} options the pipeline passes on"
-                             f"{suggest(key, fields)}; known: {sorted(fields)}")
+                             f"{'' if key in managed else suggest(key, fields)}; known: {sorted(fields)}")
         check_value(value, hints[key], f"{where}.{key}")
         choices = fields[key].metadata.get("choices")
         if choices and value not in choices:

@@ -15,6 +15,7 @@ import re
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from math import comb
@@ -195,14 +196,21 @@ class EvalConfig:
 
     def __post_init__(self):
         check_engine(self.engine)
-        if min(self.n, self.batch_size, self.tensor_parallel_size, self.max_new_tokens) < 1:
-            raise ValueError("--n, --batch-size, --tensor-parallel-size and --max-new-tokens must be at least 1")
-        if self.limit < 0:  # rows[:-1] would drop the last problem
-            raise ValueError(f"--limit must be at least 1, or 0 for every problem; got {self.limit}")
-        if not 0 <= self.temperature < float("inf") or not 0 < self.top_p <= 1:
-            raise ValueError(f"--temperature must be >= 0 and --top-p in (0, 1], got {self.temperature}, {self.top_p}")
-        if not 0 <= self.gpu_memory_utilization <= 1:
-            raise ValueError("--gpu-memory-utilization is a share in (0, 1] (0: automatic)")
+        check_eval_options(vars(self))
+
+
+def check_eval_options(o: Mapping) -> None:
+    """Raise ``ValueError`` (one line) for generation options that cannot run, from their values alone: no file,
+    engine or device is looked at (``EvalConfig`` checks the engine first). ``o`` maps EvalConfig's fields to values
+    (model, data and out are not read); ``PipelineConfig`` checks its ``generate`` options, over the defaults, here."""
+    if min(o["n"], o["batch_size"], o["tensor_parallel_size"], o["max_new_tokens"]) < 1:
+        raise ValueError("--n, --batch-size, --tensor-parallel-size and --max-new-tokens must be at least 1")
+    if o["limit"] < 0:  # rows[:-1] would drop the last problem
+        raise ValueError(f"--limit must be at least 1, or 0 for every problem; got {o['limit']}")
+    if not 0 <= o["temperature"] < float("inf") or not 0 < o["top_p"] <= 1:
+        raise ValueError(f"--temperature must be >= 0 and --top-p in (0, 1], got {o['temperature']}, {o['top_p']}")
+    if not 0 <= o["gpu_memory_utilization"] <= 1:
+        raise ValueError("--gpu-memory-utilization is a share in (0, 1] (0: automatic)")
 
 
 def _summary_line(table: dict[str, dict]) -> str:

@@ -15,7 +15,7 @@ reader's script can compare them without scraping. One definition of its shape, 
 - the runner (``segkit.report``) adds ``stamped(...)``'s ``run``, ``title``, ``params``, ``seconds``, ``versions``;
 - ``index.html`` (``segkit.index``) reads it with ``read`` and shows no number of a run that ``too_few`` refuses.
 
-    >>> write_json(finetuning(cfg, results, rows), headline_file)      # notebook 03
+    >>> write_json(finetuning(cfg, results, rows), headline_file)      # notebook 03  # doctest: +SKIP
 """
 from __future__ import annotations
 
@@ -78,14 +78,16 @@ def read(path: Path) -> dict:
 
 def too_few(data: dict) -> str | None:
     """Why the headline ``data`` is too small for a headline number: fewer than ``MIN_TRACES`` attributed traces
-    (01's ``n_traces``, its AUC rows') or ``MIN_PROBLEMS`` problems (01's attributor quality, 03's modes); None
+    (01's ``n_traces``, its model scores' AUC rows) or ``MIN_PROBLEMS`` problems (01's attributor quality, 03's modes); None
     when every count it holds is enough (a count the file lacks is not checked).
 
     >>> too_few({"n_traces": 3, "auc": []})
     'too few traces (n = 3) for a headline number'
     """
     quality = data.get("attributor_quality")
-    counts = {"traces": [data.get("n_traces")] + [a.get("n_traces") for a in data.get("auc", [])],
+    # the AUC rows of the method's own scores (a control on a subset, e.g. random weights, does not hide the run)
+    counts = {"traces": [data.get("n_traces")] + [a.get("n_traces") for a in data.get("auc", [])
+                                                  if a.get("kind", "model") == "model"],
               "problems": [quality.get("n_problems") if isinstance(quality, dict) else None]
               + [m.get("n_problems") for m in data.get("modes", [])]}
     for what, least in (("traces", MIN_TRACES), ("problems", MIN_PROBLEMS)):

@@ -190,3 +190,11 @@ are under its name above):</p>
     path = out_dir / "index.html"
     path.write_text(page, encoding="utf-8")
     return path
+
+
+def is_index(path: Path) -> bool:
+    """Whether ``path`` is an index page ``write_index`` wrote (its heading), so the runner may replace it."""
+    try:
+        return "<h1>segkit report</h1>" in path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False

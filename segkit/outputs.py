@@ -175,24 +175,24 @@ def check_resume(out, options: dict | None) -> None:
     ``options``: ``OUT.options.json``, written when the run that made OUT started, says which. An appending stage
     never adopts a file it did not write (a user's notes, another stage's output) nor mixes two settings."""
     out = Path(out)
-    have, path = written(out), options_path(out)
-    if not have:
-        return
-    try:
-        had = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        had = None
-    if not isinstance(had, dict):
-        raise OutputError(f"{have[0]}: exists and was not written by this stage (no {path.name} beside it); an "
-                          f"appending stage writes only into its own output: choose another path, or pass "
-                          f"--overwrite to replace it")
     wanted = json.loads(json.dumps(options or {}, default=str))
-    changed = sorted(k for k in set(had) | set(wanted) if had.get(k) != wanted.get(k))
-    if "stage" in changed and had.get("stage"):
-        raise OutputError(f"{out}: is the output of another stage ({had.get('stage')}); choose another output path")
-    if changed:
-        raise OutputError(f"{out}: holds records made with other options ({', '.join(changed)}); resuming would "
-                          "mix them: pass --overwrite or another output path")
+    for p in written(out):  # a shard has its own options (an overwrite that died before its merge left OUT's old)
+        path = options_path(p) if p != out and options_path(p).exists() else options_path(out)
+        try:
+            had = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            had = None
+        if not isinstance(had, dict):
+            raise OutputError(f"{p}: exists and was not written by this stage (no {path.name} beside it); an "
+                              f"appending stage writes only into its own output: choose another path, or pass "
+                              f"--overwrite to replace it")
+        changed = sorted(k for k in set(had) | set(wanted) if had.get(k) != wanted.get(k))
+        if "stage" in changed and had.get("stage"):
+            raise OutputError(f"{p}: is the output of another stage ({had.get('stage')}); choose another output "
+                              f"path")
+        if changed:
+            raise OutputError(f"{p}: holds records made with other options ({', '.join(changed)}); resuming "
+                              "would mix them: pass --overwrite or another output path")
 
 
 @contextlib.contextmanager
@@ -207,5 +207,7 @@ def locked_append(path: Path, before: Callable[[], object] = lambda: None):
         except BlockingIOError:
             raise OutputError(f"{path}: another process is writing it now; wait for it to finish, or choose "
                               f"another output path") from None
+        if not path.exists() or not os.path.samestat(os.fstat(f.fileno()), path.stat()):
+            raise OutputError(f"{path}: another process replaced it while this one opened it; run again")
         before()
         yield f

@@ -20,7 +20,6 @@ values as one mapping ``pipeline_params`` (and any field it declares by name).
 from __future__ import annotations
 
 import ast
-import dataclasses
 import os
 from collections.abc import Hashable
 from dataclasses import dataclass, field
@@ -166,6 +165,9 @@ def _run_item(path: Path, i: int, item, notebooks) -> tuple[Path, str, str, dict
         raise FileNotFoundError(f"{path}: run {i}: no notebook {nb}{suggest(nb.name, names)}; the notebooks "
                                 f"are {', '.join(names)}")
     name = check_name(item.get("name", nb.stem), f"{path}: run {i}: name")
+    if name == "index":
+        raise ValueError(f"{path}: run {i}: 'index' names the report's index page (index.html): give the run "
+                         "another name")
     title, own = item.get("title", name), item.get("parameters") or {}
     for key, value, kind in (("title", title, str), ("parameters", own, dict)):
         if not isinstance(value, kind):
@@ -254,17 +256,10 @@ def _check_names(path: Path, params: dict, known: set, where: str) -> None:
                              "PipelineConfig field nor a parameter its notebook declares")
 
 
-def _defaults(cls) -> dict:
-    """A dataclass's field defaults, without constructing it (stage configs check their files when built)."""
-    return {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            for f in dataclasses.fields(cls)
-            if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
-
-
 def pipeline_defaults() -> dict:
-    from .config import PipelineConfig
+    from .config import PipelineConfig, defaults
 
-    return _defaults(PipelineConfig)
+    return defaults(PipelineConfig)
 
 
 def data_to_make(spec: dict) -> dict[Path, dict]:

@@ -65,9 +65,6 @@ def dump(records: Iterable[dict], path) -> Path:
     return Path(path)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# reading
-
 _SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")  # an escaped UTF-16 surrogate: a lone one has no UTF-8 form
 
 
@@ -226,8 +223,7 @@ def owner(record_id: str, world: int) -> int:
 
 
 def shard_path(out, rank: int, world: int) -> Path:
-    out = Path(out)
-    return out.with_name(f"{out.stem}.rank{rank}-of-{world}{out.suffix}")
+    return Path(out).with_name(f"{Path(out).stem}.rank{rank}-of-{world}{Path(out).suffix}")
 
 
 def _marker_path(shard: Path) -> Path:
@@ -272,20 +268,29 @@ def run_stage(fn: Callable[[dict], dict], src, out, *, required=("question", "so
     if not overwrite:
         check_resume(out, options)  # before anything is created: a file that is not ours stays as it was
 
-    def claim(path: Path) -> None:  # under path's lock: a new OUT is ours from here, with these options
-        if keep and (overwrite or not written(out)):
+    def claim(path: Path) -> None:  # under path's lock: a new OUT (a shard) is ours from here, with these options
+        if keep and path != out:  # a shard's own options: OUT's are written only once the merge has replaced OUT
+            write_json(options, options_path(path))
+        if keep and not overwrite and not written(out):
             write_json(options, options_path(out))
         finished_ids(path, cut=True)
 
     args = dict(fn=fn, src=src, required=required, on_error=on_error, progress=progress, dedupe_ids=dedupe_ids)
     if n_ranks == 1:
-        if overwrite:
+        if overwrite:  # under OUT's lock: an appender still writing the old OUT would lose its records
             PROGRESS.rewriting = True  # until the rename: an interrupt before it leaves OUT as it was
-            with atomic_write(out) as f:
-                result = _run(f, set(), lambda rec: True, desc=desc or fn.__name__, **args)
+            existed = out.exists()
+            with locked_append(out):
+                try:
+                    with atomic_write(out) as f:
+                        result = _run(f, set(), lambda rec: True, desc=desc or fn.__name__, **args)
+                except BaseException:  # the empty file the lock made goes again: a failed run leaves no OUT
+                    if not existed and out.exists() and not out.stat().st_size:
+                        out.unlink()
+                    raise
+                if keep:
+                    write_json(options, options_path(out))
             PROGRESS.rewriting = False
-            if keep:
-                write_json(options, options_path(out))
             return result
         with locked_append(out, lambda: claim(out)) as f:
             return _run(f, set(finished_ids(out)), lambda rec: True, desc=desc or fn.__name__, **args)
@@ -298,7 +303,8 @@ def run_stage(fn: Callable[[dict], dict], src, out, *, required=("question", "so
         result = _run(f, done, lambda rec: owner(rec["id"], n_ranks) == rank, desc=desc or f"rank {rank}", **args)
     with atomic_write(_marker_path(shard)) as f:
         json.dump({"launch": launch_id(), "skipped": result.skipped_ids}, f)
-    merge_shards(src, out, n_ranks, dedupe_ids=dedupe_ids, fresh=overwrite)
+    if merge_shards(src, out, n_ranks, dedupe_ids=dedupe_ids, fresh=overwrite) and keep:
+        write_json(options, options_path(out))  # only now does OUT hold what these options made
     return result
 
 

@@ -197,6 +197,27 @@ def report_folder(params_path) -> Path:
     return Path("reports") if stem == DEFAULT_PARAMS.stem else Path("reports") / stem
 
 
+def check_own_files(out_dir: Path, runs: list[Run]) -> None:
+    """Refuse, before anything runs, to overwrite what the runner did not write in ``out_dir``: a run's notebook,
+    HTML or headline file beside no executed notebook carrying the runner's record, or an ``index.html`` that is
+    not a runner's index page (``segkit.index.is_index``)."""
+    from .index import is_index
+
+    for r in runs:
+        if _meta(out_dir / f"{r.name}.ipynb"):
+            continue
+        headline = headline_path(r)
+        own = [out_dir / f"{r.name}.ipynb", out_dir / f"{r.name}.html"] + \
+            ([headline] if headline is not None and headline.resolve().parent == out_dir else [])
+        for path in own:
+            if path.exists():
+                raise ReportError(f"{path} was not written by segkit report (no executed notebook of run "
+                                  f"{r.name!r} beside it): move it away or choose another --out")
+    index = out_dir / "index.html"
+    if index.exists() and not is_index(index):
+        raise ReportError(f"{index} is not a segkit report index page: move it away or choose another --out")
+
+
 def run_report(cfg: ReportConfig) -> str:
     """Run every notebook of the parameter file in order into ``cfg.out``; returns a one-line summary."""
     from tqdm.auto import tqdm
@@ -223,6 +244,7 @@ def run_report(cfg: ReportConfig) -> str:
     if unknown:
         raise ValueError(f"--only: no runs named {sorted(unknown)}; the runs are {[r.name for r in runs]}")
     out_dir = Path(out).resolve()
+    check_own_files(out_dir, runs)
     if cfg.fresh and workdir.exists():
         # only a folder this runner made is deleted: never one that holds the parameter file, the notebooks or data
         check_output(workdir, params_path, notebooks, folder=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Sequence
 
 from . import modes, prompt
@@ -137,22 +138,30 @@ class TrainConfig:
     threads: int = field(default=0, metadata={"help": "CPU threads for torch (0: torch's default)"})
 
     def __post_init__(self):
-        modes.get(self.mode)  # an unknown mode: the registry's one-line error
-        for name in ("batch_size", "grad_accum"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.max_length < 0 or self.lora_r < 0 or self.lora_alpha < 0 or self.skip < 0 or self.limit < 0:
-            raise ValueError("--max-length, --lora-r, --lora-alpha, --skip and --limit cannot be negative")
-        if not self.epochs > 0 or not self.lr > 0:  # a model that did not train is not a trained model
-            raise ValueError(f"--epochs and --lr must be above 0, got {self.epochs} and {self.lr}")
-        if not 0 <= self.warmup_ratio < 1 or not 0 <= self.lora_dropout < 1:
-            raise ValueError("--warmup-ratio and --lora-dropout must lie in [0, 1)")
-        if self.attn_implementation not in ATTENTION:
-            raise ValueError(f"unknown attention {self.attn_implementation!r}; choose one of {', '.join(ATTENTION)}")
+        check_train_options(vars(self))
         if self.attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
             raise ValueError("--attn-implementation flash_attention_2 needs the flash-attn package (CUDA only): "
                              "pip install flash-attn --no-build-isolation; or use sdpa")
         check_precision(self.bf16, self.fp16)
+
+
+def check_train_options(o: Mapping) -> None:
+    """Raise ``ValueError`` (one line) for training options that cannot run, from their values alone: no file,
+    package or device is looked at (``TrainConfig`` then checks flash-attn and the precision on this machine). ``o``
+    maps TrainConfig's fields to values (data, out and init are not read); ``PipelineConfig`` checks its ``train``
+    and ``base_train`` options, over the defaults, here."""
+    modes.get(o["mode"])  # an unknown mode: the registry's one-line error
+    for name in ("batch_size", "grad_accum"):
+        if o[name] < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {o[name]}")
+    if min(o["max_length"], o["lora_r"], o["lora_alpha"], o["skip"], o["limit"]) < 0:
+        raise ValueError("--max-length, --lora-r, --lora-alpha, --skip and --limit cannot be negative")
+    if not o["epochs"] > 0 or not o["lr"] > 0:  # a model that did not train is not a trained model
+        raise ValueError(f"--epochs and --lr must be above 0, got {o['epochs']} and {o['lr']}")
+    if not 0 <= o["warmup_ratio"] < 1 or not 0 <= o["lora_dropout"] < 1:
+        raise ValueError("--warmup-ratio and --lora-dropout must lie in [0, 1)")
+    if o["attn_implementation"] not in ATTENTION:
+        raise ValueError(f"unknown attention {o['attn_implementation']!r}; choose one of {', '.join(ATTENTION)}")
 
 
 def check_precision(bf16: bool, fp16: bool) -> None:

@@ -48,3 +48,13 @@ def write_jsonl(tmp_path):
 
 SHORT = {"id": "s1", "question": "What is 3 + 4?",
          "solution": "3 + 4 = 7.\n\nWait, 4 + 3 = 7 too.\n\nAlternatively, count up: 5, 6, 7.", "answer": "7"}
+
+
+def tagged(name: str, value, fail_at=None):
+    """A stage function for ``run_stage`` tests: adds ``name: value`` to a record, and raises at id ``fail_at``
+    (a bad record, or a process killed there)."""
+    def fn(rec):
+        if rec["id"] == fail_at:
+            raise ValueError(f"record {fail_at} fails")
+        return {**rec, name: value}
+    return fn

@@ -21,7 +21,7 @@ import pytest
 from segkit.cli import main
 from segkit.records import OutputError, check_output, finished_ids, load, merge_shards, owner, run_stage, shard_path
 
-from conftest import SHORT
+from conftest import SHORT, tagged
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 MISSING_MODEL = "no/such/model.gguf"  # a stage that loads its model before checking would fail on this instead
@@ -254,11 +254,7 @@ def test_overwrite_under_two_ranks_never_mixes_old_and_new(write_jsonl, tmp_path
     src, out = write_jsonl("in.jsonl", [{**SHORT, "id": f"r{i}"} for i in range(8)]), tmp_path / "out.jsonl"
 
     def version(v, skip=None):
-        def fn(rec):
-            if rec["id"] == skip:
-                raise ValueError("bad record")
-            return {**rec, "version": v}
-        return fn
+        return tagged("version", v, fail_at=skip)
 
     monkeypatch.setenv("SEGKIT_RUN_ID", "launch-1")
     for rank in (0, 1):

@@ -8,7 +8,7 @@ import pytest
 
 from segkit.records import finished_ids, load, merge_shards, owner, run_stage, shard_path
 
-from conftest import SHORT
+from conftest import SHORT, tagged
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 VOLATILE = {"attribution_seconds"}
@@ -124,3 +124,41 @@ def test_torchrun_evaluate_equals_single_process(tmp_path, write_jsonl, tiny_mod
     proc = subprocess.run([*TORCHRUN, "-m", "segkit", *args, "--out", str(multi)], env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0 and load(multi) == a, proc.stderr[-3000:]
+
+
+def test_overwrite_that_dies_before_the_merge_is_never_resumed_into_a_mixed_file(tmp_path, write_jsonl,
+                                                                                 monkeypatch):
+    """Two ranks --overwrite OUT (old options A) with options B; rank 1 dies, so nothing is merged. OUT and its
+    options file still say A: a resume with B is refused (OUT holds A records), and so is one with A (the shards
+    hold B records); OUT is left as it was. --overwrite again replaces it with B records only."""
+    from segkit.outputs import OutputError, options_path
+
+    src = write_jsonl("in.jsonl", records(8))
+    out = tmp_path / "out.jsonl"
+
+    def made_with(v, die_at=None):  # a rank killed at die_at
+        return tagged("by", v, fail_at=die_at)
+
+    monkeypatch.setenv("SEGKIT_RUN_ID", "launch-1")
+    for rank in (0, 1):
+        run_stage(made_with("A"), src, out, required=("id",), world=(rank, 2), progress=False, options={"m": "A"})
+    assert {r["by"] for r in load(out)} == {"A"}
+    old, old_options = out.read_bytes(), options_path(out).read_bytes()
+    mine1 = [r["id"] for r in load(src) if owner(r["id"], 2) == 1]
+    monkeypatch.setenv("SEGKIT_RUN_ID", "launch-2")
+    run_stage(made_with("B"), src, out, required=("id",), world=(0, 2), progress=False, overwrite=True,
+              options={"m": "B"})
+    with pytest.raises(ValueError, match="fails"):  # rank 1 dies before the merge
+        run_stage(made_with("B", die_at=mine1[1]), src, out, required=("id",), world=(1, 2), progress=False,
+                  overwrite=True, options={"m": "B"})
+    assert out.read_bytes() == old and options_path(out).read_bytes() == old_options
+    monkeypatch.setenv("SEGKIT_RUN_ID", "launch-3")
+    for v in ("B", "A"):  # the resume, with either setting
+        with pytest.raises(OutputError, match="other options"):
+            run_stage(made_with(v), src, out, required=("id",), world=(1, 2), progress=False, options={"m": v})
+        assert out.read_bytes() == old and options_path(out).read_bytes() == old_options
+    for rank in (0, 1):
+        run_stage(made_with("B"), src, out, required=("id",), world=(rank, 2), progress=False, overwrite=True,
+                  options={"m": "B"})
+    assert [(r["id"], r["by"]) for r in load(out)] == [(f"r{i}", "B") for i in range(8)]
+    assert json.loads(options_path(out).read_text())["m"] == "B"

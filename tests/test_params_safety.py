@@ -141,6 +141,24 @@ def test_a_value_of_the_wrong_type_is_refused(report, params, message):
     ("{generate: {out: x.jsonl}}", "generate: ['out'] are not EvalConfig options the pipeline passes on"),
     ("{variants: {v: {restate: 0}}}", "variants['v']: ['restate'] are not SynthConfig options"),
     ("{base_train: {lr: fast}}", "base_train.lr: expected a number, got a string 'fast'"),
+    # a stage option's range, over the stage's defaults: refused here, not when the step builds its config after
+    # the base models have trained
+    ("{attribute: {steps: 0}}", "attribute: steps must be an integer >= 1 for adaptive, got 0"),
+    ("{attribute: {max_steps: 8}}", "attribute: max_steps (8) must be >= steps (15)"),
+    ("{attribute: {method: riemann_left, steps: 1}}", "attribute: steps must be an integer >= 2 for riemann_left"),
+    ("{attribute: {trace_batch: 0}}", "attribute: trace_batch must be an integer >= 1"),
+    ("{attribute: {answer_template: x}}", "attribute: answer template 'x' has no ANSWER placeholder"),
+    ("{train: {epochs: 0}}", "train: --epochs and --lr must be above 0, got 0 and 0.003"),
+    ("{train: {batch_size: 0}}", "train: --batch-size must be at least 1, got 0"),
+    ("{train: {warmup_ratio: 1}}", "train: --warmup-ratio and --lora-dropout must lie in [0, 1)"),
+    ("{base_train: {lr: 0}}", "base_train: --epochs and --lr must be above 0, got 3.0 and 0"),
+    ("{generate: {top_p: 0}}", "generate: --temperature must be >= 0 and --top-p in (0, 1], got 0.0, 0"),
+    ("{generate: {max_new_tokens: 0}}", "generate: --n, --batch-size, --tensor-parallel-size and --max-new-tokens"),
+    ("{generate: {gpu_memory_utilization: 2}}", "generate: --gpu-memory-utilization is a share in (0, 1]"),
+    # options the pipeline sets itself: a skipped trace never reaches OUT, so the attribution step would rerun forever
+    ("{attribute: {on_error: skip}}", "attribute: ['on_error'] are not AttributeConfig options the pipeline passes "
+                                      "on; known:"),
+    ("{attribute: {unique_ids: suffix}}", "attribute: ['unique_ids'] are not AttributeConfig options"),
 ])
 def test_a_value_out_of_range_counts_that_cannot_work_together_or_a_bad_option_are_refused(report, params, message):
     assert message in report(tiny(params), "--check")
@@ -176,7 +194,8 @@ def test_a_yaml_error_is_one_line_with_file_and_line(report, text, where, messag
 
 
 def test_fresh_deletes_only_outputs_beside_a_notebook_the_runner_executed(tmp_path, monkeypatch, capsys):
-    """A user's ``out/tiny.json`` beside no executed notebook survives ``--fresh``; the run then executes."""
+    """A user's ``out/tiny.ipynb`` where the run's notebook goes stops the run, untouched; a user's
+    ``out/tiny.json`` that is no file of the run's survives ``--fresh``; the run then executes."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "nbs").mkdir()
     nbformat.write(TINY, tmp_path / "nbs" / "tiny.ipynb")
@@ -187,8 +206,12 @@ def test_fresh_deletes_only_outputs_beside_a_notebook_the_runner_executed(tmp_pa
     (tmp_path / "out" / "tiny.json").write_text("a user's file")
     (tmp_path / "out" / "tiny.ipynb").write_text("not a notebook the runner wrote")
     argv = ["report", "--params", "p.yaml", "--notebooks", "nbs", "--out", "out", "--workdir", "runs", "--fresh"]
-    # the user's tiny.ipynb is in the way of the run's own: the run overwrites only that one, by name
-    assert main(argv) == 0, capsys.readouterr().err
+    # the user's tiny.ipynb is in the way of the run's own: refused before anything runs, both files kept
+    assert main(argv) == 2 and "out/tiny.ipynb was not written by segkit report" in capsys.readouterr().err
+    assert (tmp_path / "out" / "tiny.ipynb").read_text() == "not a notebook the runner wrote"
+    assert (tmp_path / "runs" / "p" / ".segkit-workdir").exists() and not (tmp_path / "nbs" / "RAN").exists()
+    (tmp_path / "out" / "tiny.ipynb").unlink()
+    assert main(argv) == 0, capsys.readouterr().err  # tiny.json is no file of this run's (no headline_file)
     assert (tmp_path / "out" / "tiny.json").read_text() == "a user's file"
     assert (tmp_path / "nbs" / "RAN").read_text() == "hello"
     assert main(argv) == 0  # now the notebook is the runner's: --fresh deletes its outputs and runs again

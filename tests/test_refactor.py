@@ -35,15 +35,18 @@ MODEL_FILES = {"config.json", "generation_config.json", "tokenizer.json", "token
 RUN_PATH = re.compile(r"\S*/runs/[^/]+/")   # a path into the work folder, from wherever the stage ran
 
 
-def _normalise(value):
-    """A JSON value with timings dropped, the run's own paths and cache keys blanked out, and prose (a string with
-    a space: a choice's reason, a message) left out: the test holds data and numbers, not wording."""
+PROSE = {"reason"}  # sentences written for a reader (a choice's reason): their wording may change, not their data
+
+
+def _normalise(value, key: str = ""):
+    """A JSON value with timings dropped, the run's own paths and cache keys blanked out, and the prose of ``PROSE``
+    keys left out; every other string (questions, traces, segments, generated answers) is compared as it is."""
     if isinstance(value, dict):
-        return {k: _normalise(v) for k, v in value.items() if "seconds" not in k}
+        return {k: _normalise(v, k) for k, v in value.items() if "seconds" not in k}
     if isinstance(value, list):
-        return [_normalise(v) for v in value]
+        return [_normalise(v, key) for v in value]
     if isinstance(value, str):
-        return "<text>" if " " in value.strip() else KEY.sub("-K", RUN_PATH.sub("<run>/", value))
+        return "<text>" if key in PROSE else KEY.sub("-K", RUN_PATH.sub("<run>/", value))
     return value
 
 
@@ -85,7 +88,9 @@ def _differences(before, after, where: str = "") -> list[str]:
         return [d for i, v in enumerate(before) for d in _differences(v, after[i], f"{where}[{i}]")]
     if isinstance(before, float) and not math.isfinite(before) or before is None:
         return []
-    if isinstance(before, (int, float)) and not isinstance(before, bool):
+    if isinstance(before, bool):
+        return [] if after is before else [f"{where}: {before} -> {after}"]
+    if isinstance(before, (int, float)):
         ok = isinstance(after, (int, float)) and round(float(after), 12) == round(float(before), 12)
         return [] if ok else [f"{where}: {before} -> {after}"]
     return []

@@ -422,3 +422,38 @@ def test_index_shows_no_headline_number_from_too_few_traces(tmp_path, n_traces):
     few = f"too few traces (n = {n_traces}) for a headline number." in page
     assert few == (n_traces < MIN_TRACES) and ("1.000 [1.000, 1.000]" in page) == (not few)
     assert "Title 01</a></h3>" in page  # the run's row is there either way, with its note or its numbers
+
+
+@pytest.mark.parametrize("name", ["01_tiny.ipynb", "01_tiny.html", "index.html"])
+def test_the_runner_refuses_to_overwrite_what_it_did_not_write_in_out(project, name):
+    """A user's file where a run's notebook, HTML (or headline file) or the index page would go stops the report
+    before any notebook runs, and stays as it was; once the runner's own files are there, it replaces them."""
+    reports = project["dir"] / "reports"
+    reports.mkdir()
+    mine = reports / name
+    mine.write_text("<html>my page</html>")
+    with pytest.raises(ReportError, match="not .*segkit report"):
+        run_report(project["cfg"]())
+    assert mine.read_text() == "<html>my page</html>" and executions(project) == 0
+    mine.unlink()
+    run_report(project["cfg"]())
+    assert executions(project) == 1
+    assert "1 notebooks run" in run_report(project["cfg"](rerun=True)) and executions(project) == 2
+
+
+def test_a_run_may_not_be_named_index(project):
+    spec = {**project["spec"], "runs": [{"notebook": "01_tiny.ipynb", "name": "index"}]}
+    project["params"].write_text(yaml.safe_dump(spec))
+    with pytest.raises(ValueError, match="'index' names the report's index page"):
+        run_report(project["cfg"]())
+
+
+def test_a_control_on_a_few_traces_does_not_hide_the_run_s_headline():
+    """``n_sanity`` traces for the random-weight control: a row of kind "random" with n_traces 10 leaves a
+    256-trace run's headline shown; the method's own rows decide."""
+    from segkit.headline import too_few
+
+    rows = [{"score": "strength", "kind": "model", "n_traces": 222},
+            {"score": "strength (random weights)", "kind": "random", "n_traces": 10}]
+    assert too_few({"n_traces": 256, "auc": rows}) is None
+    assert too_few({"n_traces": 256, "auc": rows[:1] + [{**rows[0], "n_traces": 12}]}) is not None

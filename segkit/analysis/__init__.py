@@ -33,7 +33,6 @@ from .selection import (SELECTION_METHODS, choose_tau_beta, choose_tau_beta_on_s
 from .tables import (GROUPS, bleu_overlap, completeness_table, importance_labels, segment_table, segments_needed,
                      strength_cdf, strength_group)
 from ..roles import ROLES, USEFUL, is_useful
-from ..roles import ROLES as ROLE_ORDER  # notebook 01's name for ROLES
 
 __all__ = [name for name in dir() if not name.startswith("_") and name not in
            ("auc", "heatmap", "modes", "plots", "removal", "selection", "tables")]
