@@ -67,6 +67,8 @@ CURVES = {  # reports/testbed_design.md section 9 measures "functional"; the oth
     "functional-pm": dict(synth={"ops": "+-"}),                  # no product: fewer arithmetic facts to learn
     "functional-chain1": dict(synth={"chain_length": 1}),        # one derivation before the answer
     "functional-small": dict(size="small"),                      # the larger testbed model (6 layers, 256 wide)
+    "functional-b32": dict(batch_size=32),                       # 4x the traces per step: as many traces in 1/4 steps
+    "functional-b32-lr6e-3": dict(batch_size=32, base_lr=6e-3),
 }
 SAMPLED = 0.6  # the paper's temperature (top-p 1, as notebooks/params/default.yaml samples)
 
@@ -89,7 +91,9 @@ def build_data(d: dict, root: Path, base_seed: int) -> dict[str, Path]:
     """Base traces (seed-dependent), fine-tuning traces and held-out problems; a fine-tuning or test question
     never appears among the base traces."""
     root.mkdir(parents=True, exist_ok=True)
-    paths = {"base": root / f"base-seed{base_seed}.jsonl", "ft": root / "ft.jsonl", "test": root / "test.jsonl"}
+    style = d["ft_synth"].get("style", "long")
+    paths = {"base": root / f"base-seed{base_seed}.jsonl", "test": root / "test.jsonl",
+             "ft": root / ("ft.jsonl" if style == "long" else f"ft-{style}.jsonl")}
     if not paths["ft"].exists():
         dump(make_records(SynthConfig(out="", n=d["n_ft"], seed=0, **d["ft_synth"])), paths["ft"])
     if not paths["test"].exists():
@@ -106,7 +110,7 @@ def build_data(d: dict, root: Path, base_seed: int) -> dict[str, Path]:
 def oracle_selection(path: Path) -> Path:
     """The fine-tuning traces with ``selected_spans_ids`` = the planted useful segments, so ``random`` draws as
     many segments per trace as the oracle trains (a random selection of the oracle's size)."""
-    out = path.with_name("ft-selected.jsonl")
+    out = path.with_name(f"{path.stem}-selected.jsonl" if path.stem != "ft" else "ft-selected.jsonl")
     if not out.exists():
         dump([{**r, "selected_spans_ids": [i for i, role in enumerate(r["segment_roles"]) if role in USEFUL]}
               for r in load(path)], out)
@@ -211,12 +215,16 @@ def run_curve(name: str, steps: list[int], workdir: Path, log: Path, seed: int =
         print(curve_markdown([entry]).splitlines()[-1], flush=True)
 
 
-def run_probe(name: str, steps: int, workdir: Path, log: Path, ft_lr: float = BASE["ft_lr"]) -> None:
+def run_probe(name: str, steps: int, workdir: Path, log: Path, ft_lr: float = BASE["ft_lr"],
+              ft_epochs: float = BASE["ft_epochs"], ft_style: str = "long") -> None:
     """Fine-tune the curve's base of ``steps`` on long traces at ``ft_lr``, ``full`` against ``oracle``, sampled
     as the default report samples; logged as the design ``curve-NAME-stepsS`` (``-lrX`` off the default rate)."""
     d = {**curve_design(name, steps), "base_from": f"curve-{name}", "modes": ("full", "oracle"),
-         "temperature": SAMPLED, "ft_lr": ft_lr}
-    run_design(f"curve-{name}-steps{steps}" + (f"-lr{ft_lr:g}" if ft_lr != BASE["ft_lr"] else ""), workdir, log, d)
+         "temperature": SAMPLED, "ft_lr": ft_lr, "ft_epochs": ft_epochs}
+    d["ft_synth"] = {**d["ft_synth"], "style": ft_style}
+    run_design(f"curve-{name}-steps{steps}" + (f"-lr{ft_lr:g}" if ft_lr != BASE["ft_lr"] else "")
+               + (f"-ep{ft_epochs:g}" if ft_epochs != BASE["ft_epochs"] else "")
+               + (f"-ft{ft_style}" if ft_style != "long" else ""), workdir, log, d)
 
 
 def curve_markdown(entries: list[dict]) -> str:
@@ -287,6 +295,8 @@ def main() -> None:
     ap.add_argument("--probe", type=int, default=0, help="then fine-tune the curve's base of this many steps with "
                                                          "full and oracle on long traces")
     ap.add_argument("--ft-lr", type=float, default=BASE["ft_lr"], help="the probe's fine-tuning learning rate")
+    ap.add_argument("--ft-epochs", type=float, default=BASE["ft_epochs"], help="the probe's fine-tuning epochs")
+    ap.add_argument("--ft-style", default="long", help="the probe's fine-tuning traces (concise: the control)")
     ap.add_argument("--seed", type=int, default=0, help="the curve's base seed (its traces, init and order)")
     ap.add_argument("--curve-table", action="store_true", help="print the markdown table of the logged curves")
     args = ap.parse_args()
@@ -298,7 +308,7 @@ def main() -> None:
     if args.curve:
         run_curve(args.curve, [int(s) for s in args.steps.split(",") if s], workdir, curves, args.seed)
         if args.probe:
-            run_probe(args.curve, args.probe, workdir, log, args.ft_lr)
+            run_probe(args.curve, args.probe, workdir, log, args.ft_lr, args.ft_epochs, args.ft_style)
     if args.table:
         print(markdown(log))
     if args.curve_table:

@@ -10,8 +10,14 @@ reader's script can compare them without scraping. One definition of its shape, 
 - notebook 03 writes ``finetuning(...)``: ``benchmark``, ``tau``, ``beta``, ``base_seeds``, ``seeds``, ``skipped``
   ({mode: why}) and ``segkit.analysis.finetuning_headline``'s ``modes`` (``mode``, ``accuracy``, ``mean_length``,
   ``trained_token_fraction``, each with ``_ci_low``/``_ci_high``), ``differences`` (``mode``, ``vs``, ``metric``,
-  ``diff``, ``ci_low``, ``ci_high``), ``verdict``, ``resolution`` and ``recovered`` (``metric``, ``recovered``,
-  ``ci_low``, ``ci_high``, ``oracle_gain`` with its interval, ``missing``: why there is no share, or null);
+  ``diff``, ``ci_low``, ``ci_high``: the two-level bootstrap), ``family`` (the same comparisons with the base model
+  as the unit: ``diff``, ``ci_low``, ``ci_high`` of the t interval, ``p_value``, ``p_holm``, ``n_base``,
+  ``verdict``; null intervals with one base model), ``verdict`` (a list of strings, one per comparison),
+  ``intervals`` (which interval the verdict reads, and why), ``margins`` ({metric: equivalence margin}),
+  ``constant_guess`` and ``uniform_guess`` (accuracy of always the commonest gold answer, of a random one of the
+  gold answers), ``resolution`` and ``recovered`` (``metric``, ``recovered``, ``ci_low``, ``ci_high``,
+  ``oracle_gain`` with its interval, ``missing``: why there is no share, or null), and ``by_base_model`` (per base
+  seed and mode: ``accuracy`` and ``mean_length`` over the fine-tuning seeds);
 - the runner (``segkit.report``) adds ``stamped(...)``'s ``run``, ``title``, ``params``, ``seconds``, ``versions``;
 - ``index.html`` (``segkit.index``) reads it with ``read`` and shows no number of a run that ``too_few`` refuses.
 
@@ -57,9 +63,13 @@ def finetuning(cfg, results, rows) -> dict:
     table ``results``), with the run's benchmark, ``tau``/``beta``, seeds and skipped modes (``cfg``)."""
     from .analysis import finetuning_headline
 
+    bench = results[results["benchmark"] == results["benchmark"].iloc[0]]
+    by_base = bench.groupby(["base_seed", "mode"], sort=False)[["accuracy", "mean_length"]].mean().reset_index()
     return {"benchmark": results["benchmark"].iloc[0], "tau": cfg.tau, "beta": cfg.beta,
             "base_seeds": list(cfg.base_seeds), "seeds": list(cfg.seeds), "skipped": results.attrs["skipped"],
-            **finetuning_headline(rows, results=results)}
+            **finetuning_headline(rows, results=results),
+            "by_base_model": [{"base_seed": int(r.base_seed), "mode": r.mode, "accuracy": float(r.accuracy),
+                               "mean_length": float(r.mean_length)} for r in by_base.itertuples()]}
 
 
 def stamped(data: dict, run: str, title: str, params: str, seconds: float, versions: dict) -> dict:

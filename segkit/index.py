@@ -77,9 +77,31 @@ def _table(head: list[str], body: list[list]) -> str:
 DIGITS = {"accuracy": 3, "mean_length": 1, "trained_token_fraction": 3}  # how many decimals each metric shows
 
 
+def forest_png(data: dict) -> str:
+    """``<img>`` of the forest plot (``segkit.analysis.plot_forest``) of a 03 headline's ``family`` rows (else its
+    ``differences``), with its ``margins``; an inline base64 PNG, so the page stays one file."""
+    import base64
+    import io
+
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from .analysis import plot_forest
+
+    fig = plot_forest(pd.DataFrame(data.get("family") or data["differences"]), data.get("margins"),
+                      data.get("differences"))
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
+    plt.close(fig)
+    return (f"<img class='forest' alt='forest plot of the paired differences' "
+            f"src='data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}'>")
+
+
 def headline_html(data: dict) -> str:
     """HTML tables of one run's headline JSON (the shape ``segkit.headline`` defines): notebook 03's ``modes`` (accuracy and mean length with their 95%
-    intervals, trained token fraction), ``differences`` and ``verdict``; notebook 01's ``auc`` (score x variant,
+    intervals, trained token fraction) with the ``constant_guess``/``uniform_guess`` accuracies, ``differences``,
+    the base-model rows ``family`` (with their forest plot, ``forest_png``), ``verdict`` (a list, one line per
+    comparison; an older file's single sentence too) and ``intervals``; notebook 01's ``auc`` (score x variant,
     role "all") and ``attributor_quality``. Raises KeyError/TypeError/ValueError on a malformed file.
 
     >>> headline_html({"modes": [{"mode": "full", "accuracy": 0.5, "accuracy_ci_low": 0.4, "accuracy_ci_high": 0.6,
@@ -96,14 +118,32 @@ def headline_html(data: dict) -> str:
                              m.get("trained_token_fraction_ci_high"), 3)] if frac else [])
                 for m in data["modes"]]
         parts.append(_table(head, body))
+        if "constant_guess" in data or "uniform_guess" in data:
+            from .analysis import describe_guesses
+
+            parts.append(f"<p>{html.escape(describe_guesses(data))}</p>")
         if data.get("differences"):
             body = [[d["mode"], d["vs"], d["metric"],
                      _with_ci(d["diff"], d.get("ci_low"), d.get("ci_high"), DIGITS.get(d["metric"], 3), sign=True)]
                     for d in data["differences"]]
-            parts.append("<p>Paired differences (mode minus vs):</p>"
+            parts.append("<p>Paired differences (mode minus vs), two-level bootstrap:</p>"
                          + _table(["mode", "vs", "metric", "difference [95% CI]"], body))
-        if data.get("verdict"):
-            parts.append(f"<p class='verdict'>{html.escape(str(data['verdict']))}</p>")
+        if data.get("family"):
+            body = [[f["mode"], f["vs"], f["metric"],
+                     _with_ci(f["diff"], f.get("ci_low"), f.get("ci_high"), DIGITS.get(f["metric"], 3), sign=True),
+                     _num(f.get("p_holm"), 3), str(f.get("n_base")), str(f.get("verdict"))] for f in data["family"]]
+            parts.append("<p>The verdict's intervals: t over base-model means, Holm per metric:</p>"
+                         + _table(["mode", "vs", "metric", "difference [95% t CI]", "Holm p", "base models",
+                                   "verdict"], body))
+        if data.get("family") or data.get("differences"):
+            parts.append(forest_png(data))
+        lines = data.get("verdict")
+        if lines:
+            lines = [lines] if isinstance(lines, str) else lines
+            parts.append("<ul class='verdict'>" + "".join(f"<li>{html.escape(str(v))}</li>" for v in lines)
+                         + "</ul>")
+        if data.get("intervals"):
+            parts.append(f"<p class='note'>{html.escape(str(data['intervals']))}</p>")
     if "auc" in data:
         rows = [a for a in data["auc"] if a.get("role", "all") == "all"]
         variants = list(dict.fromkeys(a["variant"] for a in rows))
@@ -165,6 +205,7 @@ def write_index(out_dir: Path, params_path: Path, rows: list[dict], wall_seconds
                      f"<td class='{esc(r['status'].split(' ')[0])}'>{esc(r['status'])}</td>"
                      f"<td>{_minutes(r['seconds'])}</td><td>{links}</td></tr>")
     vers = "".join(f"<tr><td>{esc(k)}</td><td>{esc(v)}</td></tr>" for k, v in versions().items())
+    others = _other_reports(out_dir)
     page = f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>segkit report</title>
 <style>body {{font-family: sans-serif; max-width: 1140px; margin: 2em auto; line-height: 1.4}}
@@ -172,7 +213,7 @@ table {{border-collapse: collapse}} td, th {{border: 1px solid #ccc; padding: 4p
 vertical-align: top; white-space: nowrap}} details pre {{font-size: 11px; margin: 4px 0}}
 .ok {{color: #2a7d2a}} .reused {{color: #2a5d8d}} .failed, .not-run {{color: #b22}}
 pre {{background: #f6f6f6; padding: 10px; overflow-x: auto}} .note {{color: #666; font-size: 90%}}
-.verdict {{max-width: 900px}}</style></head><body>
+.verdict {{max-width: 900px}} .forest {{max-width: 100%}}</style></head><body>
 <h1>segkit report</h1>
 <p>Segment-level attribution for selective learning of long reasoning traces (Wang, Liu, Ren; ICLR 2026),
 reproduced with <code>segkit report</code>. Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.
@@ -181,7 +222,7 @@ this invocation took {_minutes(wall_seconds)}.</p>
 {_headlines(out_dir, rows)}<h2>Notebooks</h2>
 <table><tr><th>run</th><th>notebook</th><th>status</th><th>time</th><th>files</th></tr>
 {''.join(lines)}</table>
-<h2>Parameters</h2><p>The parameter file <code>{esc(shown(params_path))}</code> (each run's effective parameters
+{others}<h2>Parameters</h2><p>The parameter file <code>{esc(shown(params_path))}</code> (each run's effective parameters
 are under its name above):</p>
 <pre>{esc(params_path.read_text())}</pre>
 <h2>Versions</h2><table>{vers}</table>
@@ -190,6 +231,18 @@ are under its name above):</p>
     path = out_dir / "index.html"
     path.write_text(page, encoding="utf-8")
     return path
+
+
+def _other_reports(out_dir: Path) -> str:
+    """Links to the reports of other parameter files in the folders under ``out_dir`` (``reports/powered/``...):
+    each folder whose ``index.html`` an earlier ``write_index`` wrote."""
+    esc = html.escape
+    found = sorted(d.name for d in out_dir.iterdir() if d.is_dir() and is_index(d / "index.html")) \
+        if out_dir.is_dir() else []
+    if not found:
+        return ""
+    links = ", ".join(f"<a href='{esc(name)}/index.html'>{esc(name)}</a>" for name in found)
+    return f"<h2>Other reports</h2><p>Runs of other parameter files: {links}.</p>\n"
 
 
 def is_index(path: Path) -> bool:

@@ -9,7 +9,7 @@ this process). Each step's output is keyed on its options, inputs and code, so a
 
     >>> cfg = config_from({"workdir": "runs/x", "n_train": 400, "n_attribute": 32})
     >>> selected = select_traces(cfg)          # segment, attribute, select: one JSON Lines file
-    >>> table = compare_modes(cfg, selected)   # train every mode, evaluate on every benchmark
+    >>> table = compare_modes(cfg)             # each base model's own selection; every mode, every benchmark
     >>> Sources(cfg).attributor                # the model IG asked (here the testbed's base model)
 """
 from __future__ import annotations
@@ -60,16 +60,27 @@ def attributor_quality(cfg: PipelineConfig, model: str | None = None) -> dict:
     return steps.attributor_quality(cfg, str(model or src.attributor), *src.held_out)
 
 
-def compare_modes(cfg: PipelineConfig, data: Path | None = None, modes=None, seeds=None):
-    """Every base model fine-tuned with every mode (default ``cfg.modes``) and seed (``cfg.seeds``) on the
-    selected traces ``data`` (default: ``select_traces(cfg)``, attributed by the attributor: the first base model
-    unless one is given, so every base model trains on the same selection), and evaluated with the base models on
-    every benchmark: one row per (base seed, mode, seed, benchmark), skipped modes in ``.attrs["skipped"]``
-    (``segkit.steps.compare_modes``)."""
+def selections(cfg: PipelineConfig) -> dict[int, Path]:
+    """``{base seed: selected traces}``: each base model attributes the traces itself and fine-tunes on its own
+    selection, as the authors attribute with the model they fine-tune (so every base model is a replicate of the
+    whole method); with a given ``attributor``, every base model trains on that model's selection."""
     src = Sources(cfg)
-    data = Path(data) if data else steps.select_traces(cfg, _attributed(src))
-    return steps.compare_modes(cfg, data, src.base_models, src.benchmarks, list(modes or cfg.modes),
-                               list(seeds or cfg.seeds))
+    if cfg.attributor:
+        one = select_traces(cfg, _attributed(src))
+        return {b: one for b in src.base_models}
+    return {b: select_traces(cfg, _attributed(src, m)) for b, m in src.base_models.items()}
+
+
+def compare_modes(cfg: PipelineConfig, data: Path | dict | None = None, modes=None, seeds=None):
+    """Every base model fine-tuned with every mode (default ``cfg.modes``) and seed (``cfg.seeds``) on its
+    selection (default: ``selections(cfg)``, each base model's own; a file in ``data``: that selection for every
+    base model), and evaluated with the base models on every benchmark: one row per (base seed, mode, seed,
+    benchmark), skipped modes in ``.attrs["skipped"]`` (``segkit.steps.compare_modes``)."""
+    src = Sources(cfg)
+    data = selections(cfg) if data is None else data if isinstance(data, dict) else \
+        {b: Path(data) for b in src.base_models}
+    return steps.compare_modes(cfg, {b: Path(p) for b, p in data.items()}, src.base_models, src.benchmarks,
+                               list(modes or cfg.modes), list(seeds or cfg.seeds))
 
 
 def variant(cfg: PipelineConfig, name: str) -> PipelineConfig:
@@ -79,5 +90,5 @@ def variant(cfg: PipelineConfig, name: str) -> PipelineConfig:
 
 
 __all__ = ["PipelineConfig", "config_from", "notebook_config", "Sources", "has_planted_roles", "build_testbed", "variant",
-           "attribute_traces", "sanity_attributions", "select_traces", "removal_effects", "attributor_quality",
+           "attribute_traces", "sanity_attributions", "select_traces", "selections", "removal_effects", "attributor_quality",
            "compare_modes"]

@@ -48,7 +48,7 @@ WORKDIR_MARK = ".segkit-workdir"  # in every work folder the runner makes: --fre
 class ReportConfig:
     params: str = field(default=str(DEFAULT_PARAMS), metadata={
         "help": "YAML parameter file: 'parameters' for every notebook, 'runs' = the notebooks in order "
-                "(notebooks/params/full.yaml is the larger run)"})
+                "(notebooks/params/powered.yaml is the full design)"})
     out: str = field(default="", metadata={
         "help": "folder for the executed notebooks, HTML and index.html (default: reports/ for default.yaml, "
                 "reports/<parameter file stem>/ for any other, so runs of different files never overwrite each "

@@ -7,7 +7,8 @@ drawn, the fine-tuning seeds and the base model. With one base model it is the o
 Comparisons are paired: a difference is taken per (base model, problem) before resampling, so what two modes share
 (the problem's difficulty, the base model) cancels. Where the claim is about base models (does a method help a base
 model?), ``base_model_difference`` takes the base model as the unit (a t interval over base-model means), ``holm``
-corrects a family of such comparisons, and ``verdict_word`` / ``family_verdicts`` say what each interval allows.
+corrects a family of such comparisons, and ``verdict_word`` / ``family_verdicts`` say what each interval allows;
+``verdict`` writes one line per comparison from those words.
 
     >>> rows = [{"problem": p, "mode": m, "length": 40 + p - 10 * (m == "oracle")}
     ...         for p in range(20) for m in ("full", "oracle")]
@@ -176,31 +177,53 @@ DIRECTION = {"accuracy": ("higher", "lower"), "mean_length": ("longer", "shorter
 UNITS = {"accuracy": "", "mean_length": " tokens"}
 
 
+def _fmt(metric: str, x: float) -> str:
+    return ("{:+.3f}" if metric == "accuracy" else "{:+.1f}").format(x)
+
+
+def metric_word(metric: str, word: str) -> str:
+    """``verdict_word``'s ``"higher"``/``"lower"`` in ``metric``'s terms (``"longer"``/``"shorter"`` for length)."""
+    up, down = DIRECTION.get(metric, ("higher", "lower"))
+    return {"higher": up, "lower": down}.get(word, word)
+
+
 def describe_difference(d: dict) -> str:
-    """``"accuracy +0.030 [-0.010, +0.070], not detected"`` for one row of a differences table."""
+    """``"accuracy +0.030 [-0.010, +0.070], not detected"`` for one row of a differences table (the word from
+    ``verdict_word``, no margin)."""
     metric = d["metric"]
     if any(d[k] != d[k] for k in ("diff", "ci_low", "ci_high")):  # NaN: a difference over nothing
         return f"{metric.replace('_', ' ')} missing (nothing to compare)"
-    up, down = DIRECTION.get(metric, ("higher", "lower"))
-    fmt = "{:+.3f}" if metric == "accuracy" else "{:+.1f}"
-    word = up if d["ci_low"] > 0 else down if d["ci_high"] < 0 else "not detected"
-    return (f"{metric.replace('_', ' ')} {fmt.format(d['diff'])} [{fmt.format(d['ci_low'])}, "
-            f"{fmt.format(d['ci_high'])}]{UNITS.get(metric, '')}, {word}")
+    word = metric_word(metric, verdict_word(d["ci_low"], d["ci_high"]))
+    return (f"{metric.replace('_', ' ')} {_fmt(metric, d['diff'])} [{_fmt(metric, d['ci_low'])}, "
+            f"{_fmt(metric, d['ci_high'])}]{UNITS.get(metric, '')}, {word}")
 
 
-def verdict(differences: Sequence[dict], mode: str = "selective", level: float = LEVEL) -> str:
-    """One sentence per comparison of ``mode`` in ``differences`` (rows ``{"mode", "vs", "metric", "diff",
-    "ci_low", "ci_high"}``), e.g. ``"selective vs full: accuracy +0.030 [-0.010, +0.070], not detected; mean
-    length -12.0 [-18.0, -6.0] tokens, shorter."``, joined; the words come from where each interval lies."""
-    by_vs: dict[str, list[dict]] = {}
+def describe_family_row(f: dict, bootstrap: dict | None = None) -> str:
+    """One metric of a comparison by its base-model row ``f`` (``family_verdicts``), e.g. ``"accuracy +0.010
+    [-0.020, +0.040] (t over 5 base models, Holm p = 0.9): not detected"``. With fewer than 2 base models there
+    is no such interval: the line says so and gives the ``bootstrap`` row's interval over problems (if given)."""
+    metric, name, units = f["metric"], f["metric"].replace("_", " "), UNITS.get(f["metric"], "")
+    if f["n_base"] < 2:
+        over = "" if bootstrap is None else (f"; over its problems [{_fmt(metric, bootstrap['ci_low'])}, "
+                                             f"{_fmt(metric, bootstrap['ci_high'])}]{units}")
+        return f"{name} {_fmt(metric, f['diff'])}{units}: {f['verdict']}{over}"
+    return (f"{name} {_fmt(metric, f['diff'])} [{_fmt(metric, f['ci_low'])}, {_fmt(metric, f['ci_high'])}]{units} "
+            f"(t over {f['n_base']} base models, Holm p = {f['p_holm']:.2g}): {metric_word(metric, f['verdict'])}")
+
+
+def verdict(differences: Sequence[dict], family: Sequence[dict] | None = None) -> list[str]:
+    """One line per comparison ``(mode, vs)``, in the order of ``differences`` (rows ``{"mode", "vs", "metric",
+    "diff", "ci_low", "ci_high"}``), its metrics joined by "; ". Where the base-model rows ``family``
+    (``family_verdicts``) are given they lead (``describe_family_row``), else the bootstrap rows
+    (``describe_difference``), e.g. ``"selective vs full: accuracy +0.030 [-0.010, +0.070], not detected; mean
+    length -12.0 [-18.0, -6.0] tokens, shorter"``. The words come from where each interval lies."""
+    by_pair: dict[tuple, list[dict]] = {}
     for d in differences:
-        if d["mode"] == mode:
-            by_vs.setdefault(d["vs"], []).append(d)
-    if not by_vs:
-        return f"no comparison of {mode} was made."
-    head = f"({level:.0%} intervals) "
-    return head + " ".join(f"{mode} vs {vs}: " + "; ".join(describe_difference(d) for d in ds) + "."
-                           for vs, ds in by_vs.items())
+        by_pair.setdefault((d["mode"], d["vs"]), []).append(d)
+    rows = {(f["mode"], f["vs"], f["metric"]): f for f in family or ()}
+    return [f"{mode} vs {vs}: " + "; ".join(
+        describe_family_row(rows[mode, vs, d["metric"]], d) if (mode, vs, d["metric"]) in rows
+        else describe_difference(d) for d in ds) for (mode, vs), ds in by_pair.items()]
 
 
 # Comparisons whose unit is the base model. The two-level bootstrap above resamples base models, but with the 2-5
@@ -256,12 +279,17 @@ def family_verdicts(rows: Sequence[dict], comparisons: Sequence[tuple[str, str]]
                     margin: float | None = None, level: float = LEVEL) -> list[dict]:
     """One ``base_model_difference`` row per ``(mode, vs)`` in ``comparisons``, with ``p_holm`` (Holm over the
     family) and ``verdict`` (``verdict_word``); a difference Holm does not reject reads ``"not detected"`` even
-    where its own interval excludes 0, so the words hold for the family, not one comparison at a time."""
+    where its own interval excludes 0, so the words hold for the family, not one comparison at a time. With fewer
+    than 2 base models the interval, ``p_value`` and ``p_holm`` are NaN and ``verdict`` says there is no interval
+    (its p enters Holm as 1)."""
     out = [{"mode": m, "vs": v, "metric": metric, **base_model_difference(rows, m, v, metric, level)}
            for m, v in comparisons]
     p = [d["p_value"] for d in out]
     reject, adjusted = holm([1.0 if x != x else x for x in p], 1 - level)  # an untestable p (NaN) never rejects
-    for d, r, adj in zip(out, reject, adjusted):
+    for d, r, adj, raw in zip(out, reject, adjusted, p):
+        if d["n_base"] < 2:  # one base model: no spread between base models to build an interval from
+            d |= {"p_holm": float("nan"), "verdict": f"no interval over base models ({d['n_base']} base model)"}
+            continue
         word = verdict_word(d["ci_low"], d["ci_high"], margin)
         d |= {"p_holm": adj, "verdict": "not detected" if word in ("higher", "lower") and not r else word}
     return out

@@ -169,42 +169,58 @@ def finetune_job(cfg: PipelineConfig, data: Path, mode: str, seed: int, init: st
                                       **opts))
 
 
-def evaluate_model(cfg: PipelineConfig, model: str, benchmarks: list[Path]) -> dict[str, dict]:
-    """``{benchmark stem: summary}`` (accuracy = avg@n, pass@k, mean_length, ..., and ``file``: the per-problem
-    output) of ``model`` on the first ``n_eval`` problems of every benchmark, ``samples[stem]`` (else
-    ``generate``'s n) samples each (``run_evaluate``), in this process: a tiny model generates in seconds, a fresh
-    process would take longer to start. Cached in ``workdir/eval``."""
-    from .evaluate import EvalConfig, run_evaluate
+def evaluation_job(cfg: PipelineConfig, model: str, bench: Path) -> tuple[Path, tuple | None]:
+    """``(per-problem output, ("evaluate", its options) or None when cached)`` for ``model`` on the first
+    ``n_eval`` problems of ``bench``, ``samples[stem]`` (else ``generate``'s n) samples each. Cached in
+    ``workdir/eval``."""
+    from .evaluate import EvalConfig
 
-    files = {}
-    for bench in benchmarks:
-        opts = {**cfg.generate, **({"n": cfg.samples[bench.stem]} if bench.stem in cfg.samples else {})}
-        k = key(model=model_key(model, cfg.workdir), data=file_key(bench, cfg.workdir), n=cfg.n_eval, opts=opts,
-                code=code_hash("segkit.evaluate"))
-        path = files[bench.stem] = Path(cfg.workdir) / "eval" / f"{bench.stem}-{_stem(model)}-{k}.jsonl"
-        if not path.with_suffix(".summary.json").exists():
-            log.info("evaluating %s on %s", model, bench)
-            set_threads(cfg)
-            run_evaluate(EvalConfig(model=model, data=[str(bench)], out=str(path), limit=cfg.n_eval,
-                                    device=cfg.device, **opts))
-    out = {}
-    for bench, path in files.items():
-        (summary,) = json.loads(path.with_suffix(".summary.json").read_text())["datasets"].values()
-        out[bench] = {**summary, "file": str(path)}
+    opts = {**cfg.generate, **({"n": cfg.samples[bench.stem]} if bench.stem in cfg.samples else {})}
+    k = key(model=model_key(model, cfg.workdir), data=file_key(bench, cfg.workdir), n=cfg.n_eval, opts=opts,
+            code=code_hash("segkit.evaluate"))
+    path = Path(cfg.workdir) / "eval" / f"{bench.stem}-{_stem(model)}-{k}.jsonl"
+    if path.with_suffix(".summary.json").exists():
+        return path, None
+    return path, ("evaluate", EvalConfig(model=model, data=[str(bench)], out=str(path), limit=cfg.n_eval,
+                                         device=cfg.device, **opts))
+
+
+def evaluate_models(cfg: PipelineConfig, models: list[str], benchmarks: list[Path]) -> list[dict[str, dict]]:
+    """Per model, ``{benchmark stem: summary}`` (accuracy = avg@n, pass@k, mean_length, ..., and ``file``: the
+    per-problem output) on every benchmark (``evaluation_job``); missing evaluations run in ``workers``
+    processes (``run_evaluate``)."""
+    planned = [{bench.stem: evaluation_job(cfg, str(model), bench) for bench in benchmarks} for model in models]
+    todo = [job for files in planned for _, job in files.values() if job]
+    if todo:
+        log.info("evaluating %d models (%d workers)", len(todo), min(n_workers(cfg), len(todo)))
+        set_threads(cfg)
+        run_parallel(cfg, todo)
+    out = []
+    for files in planned:
+        summaries = {}
+        for bench, (path, _) in files.items():
+            (summary,) = json.loads(path.with_suffix(".summary.json").read_text())["datasets"].values()
+            summaries[bench] = {**summary, "file": str(path)}
+        out.append(summaries)
     return out
 
 
-def compare_modes(cfg: PipelineConfig, data: Path, bases: dict[int, str], benchmarks: list[Path],
+def evaluate_model(cfg: PipelineConfig, model: str, benchmarks: list[Path]) -> dict[str, dict]:
+    """``evaluate_models`` of one model."""
+    return evaluate_models(cfg, [model], benchmarks)[0]
+
+
+def compare_modes(cfg: PipelineConfig, data: dict[int, Path], bases: dict[int, str], benchmarks: list[Path],
                   modes: list[str], seeds: list[int]):
-    """Fine-tune every base model of ``bases`` with every mode and seed on the selected traces ``data`` (missing
-    runs in ``workers`` processes), evaluate each model, and the base models, on every benchmark: a DataFrame with
-    one row per (base seed, mode, seed, benchmark), ``file`` naming the per-problem output
-    (``segkit.analysis.per_problem_results`` reads them); modes that cannot run on the data are listed in
+    """Fine-tune every base model of ``bases`` with every mode and seed on its selected traces (``data``: {base
+    seed: file}; missing runs in ``workers`` processes), evaluate each model, and the base models, on every
+    benchmark: a DataFrame with one row per (base seed, mode, seed, benchmark), ``file`` naming the per-problem
+    output (``segkit.analysis.per_problem_results`` reads them); modes that cannot run on the data are listed in
     ``.attrs["skipped"]``."""
     import pandas as pd
 
-    runnable, skipped = runnable_modes(modes, data)
-    runs = [(b, mode, seed) + finetune_job(cfg, data, mode, seed, bases[b])
+    runnable, skipped = runnable_modes(modes, data[next(iter(bases))])
+    runs = [(b, mode, seed) + finetune_job(cfg, data[b], mode, seed, bases[b])
             for b in bases for mode in runnable for seed in seeds]
     todo = [job for *_, job in runs if job]
     if todo:
@@ -212,7 +228,7 @@ def compare_modes(cfg: PipelineConfig, data: Path, bases: dict[int, str], benchm
         run_parallel(cfg, todo)
     models = [(b, "base", None, init) for b, init in bases.items() if init != "scratch"] + \
              [(b, mode, seed, str(out)) for b, mode, seed, out, _ in runs]
-    evals = [evaluate_model(cfg, str(model), benchmarks) for *_, model in models]
+    evals = evaluate_models(cfg, [model for *_, model in models], benchmarks)
     rows = []
     for (b, mode, seed, model), summaries in zip(models, evals):
         train = (json.loads((Path(model) / "train_summary.json").read_text()) if mode != "base" else

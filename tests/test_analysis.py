@@ -8,6 +8,7 @@ import pytest
 matplotlib.use("Agg")
 
 from segkit import analysis  # noqa: E402
+from segkit.outputs import missing_as_null  # noqa: E402
 from segkit.attribute import attribute_record  # noqa: E402
 from segkit.segment import segment  # noqa: E402
 
@@ -231,10 +232,6 @@ def test_auc_table_leaves_out_the_always_kept_segments():
     assert set(t.index) == {"all", "core", "repeat"}
 
 
-def text_of(diffs):
-    return analysis.verdict(diffs.reset_index())
-
-
 def eval_records(correct, lengths):
     return [{"id": f"p{i}", "correct": [c], "n_tokens": [n]} for i, (c, n) in enumerate(zip(correct, lengths))]
 
@@ -255,17 +252,132 @@ def test_modes_and_differences_tables_by_hand():
     assert tuple(diffs.loc[("selective", "full", "mean_length")]) == (2.0, 2.0, 2.0)
     assert diffs.loc[("oracle", "full", "accuracy"), "diff"] == 0.25
     head = analysis.finetuning_headline(rows, n_resamples=200)
-    assert json.loads(json.dumps(head)) == head and head["verdict"] == text_of(diffs)
+    written = missing_as_null(head)  # what write_json writes: NaN as null
+    assert json.loads(json.dumps(written, allow_nan=False)) == written
+    # one base model: no interval over base models; each line says so and gives the interval over its problems
+    assert head["verdict"] == analysis.verdict(diffs.reset_index(), head["family"])
+    assert head["verdict"][0] == ("selective vs full: accuracy +0.000: no interval over base models (1 base model); "
+                                  "over its problems [+0.000, +0.000]; mean length +2.0 tokens: no interval over "
+                                  "base models (1 base model); over its problems [+2.0, +2.0] tokens")
+    assert "This run has 1 base model, so there is no interval over base models" in head["intervals"]
     assert {"mode", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "mean_length"} <= set(head["modes"][0])
     assert {"mode": "oracle", "vs": "full", "metric": "mean_length", "diff": -5.0, "ci_low": -5.0,
             "ci_high": -5.0} in head["differences"]
     fig = analysis.plot_differences(diffs.reset_index())
     assert [ax.get_xlabel() for ax in fig.axes] == ["accuracy difference", "mean output length difference (tokens)"]
-    text = analysis.verdict(diffs.reset_index())
-    assert "selective vs full: accuracy +0.000 [+0.000, +0.000], not detected; mean length +2.0 [+2.0, +2.0] " \
-           "tokens, longer." in text
-    assert text.endswith("oracle vs full: accuracy +0.250 [+0.000, +0.750], not detected; mean length -5.0 "
-                         "[-5.0, -5.0] tokens, shorter.")
+    lines = analysis.verdict(diffs.reset_index())  # without base-model rows: the bootstrap intervals
+    assert lines[0] == ("selective vs full: accuracy +0.000 [+0.000, +0.000], not detected; mean length +2.0 "
+                        "[+2.0, +2.0] tokens, longer")
+    assert lines[-1] == ("oracle vs full: accuracy +0.250 [+0.000, +0.750], not detected; mean length -5.0 "
+                         "[-5.0, -5.0] tokens, shorter")
+
+
+def three_base_rows():
+    """3 base models x 4 problems. Accuracy: selective - full averages 0, 0.25, 0.5 over each base model's problems
+    (+-0.05 by problem), oracle - full 0.4, 0.5, 0.6. Length: selective - full -10, -12, -14, oracle - full -30."""
+    rows = []
+    for b in range(3):
+        for p in range(4):
+            acc, length, wobble = 0.1 * p, 100.0 + 10 * p, 0.05 if p % 2 else -0.05
+            for mode, a, n in (("full", acc, length), ("selective", acc + 0.25 * b + wobble, length - 10 - 2 * b),
+                               ("oracle", acc + 0.4 + 0.1 * b, length - 30)):
+                rows.append({"problem": f"p{p}", "base_seed": b, "ft_seed": 0, "mode": mode, "accuracy": a,
+                             "mean_length": n, "gold": "4" if p < 2 else str(p)})
+    return rows
+
+
+def t_by_hand(means):
+    """Mean, 95% t half-width and two-sided p of three base-model means (2 df: p = 1 - |t| / sqrt(t^2 + 2))."""
+    mean, se = sum(means) / 3, (sum((m - sum(means) / 3) ** 2 for m in means) / 2) ** 0.5 / 3 ** 0.5
+    t = mean / se
+    return mean, 4.302653 * se, 1 - abs(t) / (t * t + 2) ** 0.5
+
+
+def test_headline_family_and_verdict_lines_by_hand():
+    head = analysis.finetuning_headline(three_base_rows(), n_resamples=100)
+    fam = {(f["mode"], f["vs"], f["metric"]): f for f in head["family"]}
+    assert list(fam) == [(m, v, k) for k in ("accuracy", "mean_length")
+                         for m, v in (("selective", "full"), ("selective", "oracle"), ("oracle", "full"))]
+    # accuracy: one Holm family of three; p 0.225 (selective - full), 0.102 (selective - oracle), 0.013 (oracle)
+    sel, half_sel, p_sel = t_by_hand([0.0, 0.25, 0.5])
+    ora, half_ora, p_ora = t_by_hand([0.4, 0.5, 0.6])
+    _, _, p_so = t_by_hand([-0.4, -0.25, -0.1])
+    f = fam["selective", "full", "accuracy"]
+    assert (f["diff"], f["ci_low"], f["ci_high"]) == pytest.approx((sel, sel - half_sel, sel + half_sel), abs=1e-5)
+    assert f["n_base"] == 3 and f["p_value"] == pytest.approx(p_sel, abs=1e-6) and f["verdict"] == "not detected"
+    # Holm: 3 x 0.013 = 0.039 rejects; 2 x 0.102 and then max(0.204, 0.225) do not
+    assert fam["oracle", "full", "accuracy"]["p_holm"] == pytest.approx(3 * p_ora, abs=1e-6)
+    assert fam["oracle", "full", "accuracy"]["verdict"] == "higher" and ora - half_ora > 0.021  # beyond the margin
+    assert fam["selective", "oracle", "accuracy"]["p_holm"] == pytest.approx(2 * p_so, abs=1e-6)
+    assert f["p_holm"] == pytest.approx(p_sel, abs=1e-6)
+    # length: every base model's oracle is 30 shorter (no spread: the interval is the point, p 0)
+    assert (fam["oracle", "full", "mean_length"]["ci_low"], fam["oracle", "full", "mean_length"]["p_value"]) == (
+        -30.0, 0.0)
+    length, half_len, p_len = t_by_hand([-10.0, -12.0, -14.0])
+    _, _, p_len_so = t_by_hand([20.0, 18.0, 16.0])
+    g = fam["selective", "full", "mean_length"]
+    assert g["p_holm"] == pytest.approx(max(p_len, 2 * p_len_so), abs=1e-6) and g["verdict"] == "lower"
+    assert head["verdict"] == [
+        f"selective vs full: accuracy +0.250 [{sel - half_sel:+.3f}, {sel + half_sel:+.3f}] (t over 3 base models, "
+        f"Holm p = {p_sel:.2g}): not detected; mean length -12.0 [{length - half_len:+.1f}, {length + half_len:+.1f}] "
+        f"tokens (t over 3 base models, Holm p = {g['p_holm']:.2g}): shorter",
+        head["verdict"][1],
+        f"oracle vs full: accuracy +0.500 [{ora - half_ora:+.3f}, {ora + half_ora:+.3f}] (t over 3 base models, "
+        f"Holm p = {3 * p_ora:.2g}): higher; mean length -30.0 [-30.0, -30.0] tokens (t over 3 base models, "
+        "Holm p = 0): shorter"]
+    assert head["verdict"][0].startswith("selective vs full: accuracy +0.250 [-0.371, +0.871]")
+    # the bootstrap differences stay under their key, narrower than the t interval over three base models
+    boot = {(d["mode"], d["vs"], d["metric"]): d for d in head["differences"]}["selective", "full", "accuracy"]
+    assert boot["ci_high"] - boot["ci_low"] < f["ci_high"] - f["ci_low"]
+    assert "t intervals over the base models" in head["intervals"] and "accuracy +-0.021" in head["intervals"]
+    assert head["margins"] == {"accuracy": 0.021}
+    # guesses: gold answers 4, 4, 2, 3 on the four problems (each counted once over modes and base models)
+    assert (head["constant_guess"], head["uniform_guess"]) == (0.5, pytest.approx(1 / 3))
+
+
+def test_equivalence_is_said_only_within_the_stated_margin():
+    rows = [r for r in three_base_rows() if r["mode"] != "oracle"]
+    tight = [{**r, "accuracy": r["accuracy"] - (0.25 * r["base_seed"] - 0.001 * r["base_seed"])
+              * (r["mode"] == "selective")} for r in rows]  # selective - full: -0.05/+0.05 by problem, 0, .001, .002
+    (acc, _) = analysis.family_table(tight).to_dict("records")
+    assert acc["ci_high"] < 0.021 and acc["ci_low"] > -0.021 and acc["verdict"] == "equivalent within 0.021"
+    (acc, _) = analysis.family_table(tight, margins={}).to_dict("records")
+    assert acc["verdict"] == "not detected"  # no margin stated: an interval around 0 is not detected
+
+
+def test_guesses_by_hand():
+    records = [{"id": "a", "gold": "4"}, {"id": "b", "gold": " 4"}, {"id": "c", "gold": "7"}, {"id": "d", "gold": "9"}]
+    assert analysis.guesses(records) == {"constant_guess": 0.5, "uniform_guess": 1 / 3, "n_problems": 4}
+    rows = analysis.per_problem_rows([{**r, "correct": [1], "n_tokens": [3]} for r in records], "full")
+    assert analysis.guesses(rows + rows) == analysis.guesses(records)  # rows carry the gold; each problem once
+    assert analysis.guesses([{"problem": "a"}])["constant_guess"] is None
+    text = analysis.describe_guesses(analysis.guesses(records))
+    assert "on the 4 evaluated problems: 0.500 always answering" in text and "0.333 answering one" in text
+
+
+def test_forest_plot_one_point_per_comparison_with_its_holm_verdict():
+    head = analysis.finetuning_headline(three_base_rows(), n_resamples=50)
+    fig = analysis.plot_forest(head["family"], head["margins"])
+    assert [ax.get_xlabel() for ax in fig.axes[:2]] == ["accuracy difference",
+                                                        "mean output length difference (tokens)"]
+    for ax, words in zip(fig.axes, (["not detected", "not detected", "higher"], ["shorter", "longer", "shorter"])):
+        points = [line for line in ax.lines if line.get_marker() == "o"]
+        assert len(points) == 3  # selective - full, selective - oracle, oracle - full
+        assert [t.get_text().split(" (")[0] for t in ax.texts] == words
+        assert [t.get_text() for t in ax.get_yticklabels()] == ["selective - full", "selective - oracle",
+                                                               "oracle - full"]
+    assert "3 base models" in fig._suptitle.get_text()
+
+
+def test_forest_plot_with_one_base_model_borrows_the_bootstrap_interval():
+    rows = [r for r in three_base_rows() if r["base_seed"] == 0]
+    head = analysis.finetuning_headline(rows, n_resamples=50)
+    alone = analysis.plot_forest(head["family"])  # no interval over one base model: bare points
+    assert all(len(ax.collections) == 0 for ax in alone.axes)  # errorbar draws its bars as line collections
+    fig = analysis.plot_forest(head["family"], bootstrap=head["differences"])
+    assert all(len([c for c in ax.collections if c.get_linestyle()[0][1] is not None]) == 3 for ax in fig.axes)
+    assert {t.get_text() for ax in fig.axes for t in ax.texts} == {"over problems only"}
+    assert "one base model" in fig._suptitle.get_text()
 
 
 def test_confidence_gap_spread_agrees_with_the_grid_and_keeps_the_paper_on_noise():

@@ -196,7 +196,7 @@ def test_ig_defaults_are_not_restated_by_parameter_cells_or_files():
         cell = next(c for c in json.loads(nb.read_text())["cells"] if "parameters" in c["metadata"].get("tags", []))
         src = "".join(cell["source"])
         assert not re.search(r"\b(ig_)?(steps|method|baseline|target_error)\s*=", src), nb.name
-    for name in ("default.yaml", "smollm2.yaml", "full.yaml"):
+    for name in ("default.yaml", "smollm2.yaml", "powered.yaml"):
         params = yaml.safe_load((ROOT / "notebooks" / "params" / name).read_text())
         for run in [params] + params["runs"]:
             attribute = (run.get("parameters") or {}).get("attribute") or {}

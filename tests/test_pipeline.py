@@ -153,9 +153,9 @@ def test_the_real_data_path_takes_every_source_from_files(testbed_run, tmp_path,
 
 @pytest.mark.slow
 def test_several_base_models_in_parallel_give_the_same_bytes_as_one_process(tmp_path):
-    """Two base models fine-tuned on the first one's selection; the runs spread over two `segkit` processes (the
-    attribution in two shares) write the same models, selections and evaluations, byte for byte, as one process
-    running them in turn."""
+    """Two base models, each attributing the traces itself and fine-tuned on its own selection; the runs spread
+    over two `segkit` processes (each attribution in two shares, the evaluations one process each) write the same
+    models, selections and evaluations, byte for byte, as one process running them in turn."""
     kw = dict(base_seeds=[0, 1], n_base=8)
     one = tiny(tmp_path / "one", workers=1, **kw)
     two = tiny(tmp_path / "two", workers=2, **kw)
@@ -166,9 +166,14 @@ def test_several_base_models_in_parallel_give_the_same_bytes_as_one_process(tmp_
                                                             (1, "selective")]
     bases = pipeline.Sources(one).base_models
     assert len(set(bases.values())) == 2 and pipeline.Sources(one).attributor == bases[0]  # other seeds, other models
-    inits = {json.loads((Path(m) / "train_summary.json").read_text())["config"]["init"]
-             for m, mode in zip(table["model"], table["mode"]) if mode != "base"}
-    assert inits == set(bases.values())  # each base model fine-tuned
+    configs = [json.loads((Path(m) / "train_summary.json").read_text())["config"]
+               for m, mode in zip(table["model"], table["mode"]) if mode != "base"]
+    assert {c["init"] for c in configs} == set(bases.values())  # each base model fine-tuned
+    own = pipeline.selections(one)  # ...on the selection it attributed itself, not on the first one's
+    assert [Path(c["data"]) for c in configs] == [own[0], own[1]] and own[0] != own[1]
+    assert own[0] == pipeline.select_traces(one) and bases[1].split("/")[-1] in own[1].name
+    assert [r["id"] for r in load(own[0])] == [r["id"] for r in load(own[1])]  # the same traces, two attributors
+    assert [r["strength"] for r in load(own[0])] != [r["strength"] for r in load(own[1])]
     assert not list((tmp_path / "two").rglob("*.rank*"))  # the attribution's shares merged and gone
     for f in sorted((tmp_path / "one").rglob("*")):
         twin = tmp_path / "two" / f.relative_to(tmp_path / "one")

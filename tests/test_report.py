@@ -15,6 +15,7 @@ from segkit.config import TESTBED
 from segkit.cli import main
 from segkit.headline import MIN_PROBLEMS, MIN_TRACES
 from segkit.index import write_index
+from segkit.outputs import missing_as_null
 from segkit.params import CheckError
 from segkit.pipeline import PipelineConfig
 from segkit.records import OutputError
@@ -56,17 +57,17 @@ def test_every_notebook_takes_the_pipeline_as_one_mapping_and_only_its_own_knobs
     assert "PipelineConfig(" not in source and " as P\n" not in source and " as A\n" not in source
 
 
-@pytest.mark.parametrize("name", ["default", "full", "smollm2", "paper"])
+@pytest.mark.parametrize("name", ["default", "powered", "smollm2", "paper"])
 def test_shipped_parameter_files_fit_the_notebooks(name):
     spec, runs = load_params(DEFAULT_PARAMS.with_name(f"{name}.yaml"), NOTEBOOKS, workdir=Path("/tmp/w"))
     assert [r.notebook.name for r in runs][0].startswith("01") and len({r.name for r in runs}) == len(runs)
     for r in runs:  # every run is a valid pipeline configuration (stage options included)
         r.config()
-    # a real LM in every file but the testbed's default (whose headline needs >= 20 traces, which SmolLM2 on 2 CPU
-    # cores cannot attribute within make report's 30 minutes) and paper.yaml's DeepSeek
+    # a real LM in every file but the testbed's (default and powered: whose headlines need >= 20 traces, which
+    # SmolLM2 on 2 CPU cores cannot attribute within their budgets) and paper.yaml's DeepSeek
     given = [r.parameters["pipeline_params"] for r in runs]
-    assert any("smollm2-135m-instruct" in (g["attributor"], g["base_model"]) for g in given) or name in ("default",
-                                                                                                         "paper")
+    assert any("smollm2-135m-instruct" in (g["attributor"], g["base_model"]) for g in given) or name in (
+        "default", "powered", "paper")
     # paths go in relative to the notebook's folder (the kernel's working folder)
     assert all((r.notebook.parent / r.parameters["workdir"]).resolve() == Path("/tmp/w").resolve() for r in runs)
 
@@ -364,8 +365,8 @@ def test_index_headline_tables_from_hand_written_json(tmp_path):
                            "ci_low": 0.011, "ci_high": 0.09},
                           {"mode": "selective", "vs": "full", "metric": "mean_length", "diff": -134.54,
                            "ci_low": -170.0, "ci_high": -99.96}],
-          "verdict": "selective beats full <clearly> & shortens", "run": "03", "params": "default.yaml",
-          "seconds": 75.0}
+          "verdict": ["selective vs full: beats <clearly> & shortens", "oracle vs full: not detected"],
+          "constant_guess": 0.25, "uniform_guess": 0.1, "run": "03", "params": "default.yaml", "seconds": 75.0}
     attr = {"auc": [{"score": "strength", "variant": "plain", "role": "all", "auc": 0.8123, "ci_low": 0.75,
                      "ci_high": 0.87, "n_pos": 40, "n_neg": 60},
                     {"score": "strength", "variant": "answer restated", "role": "all", "auc": 0.6, "ci_low": 0.52,
@@ -389,7 +390,10 @@ def test_index_headline_tables_from_hand_written_json(tmp_path):
     assert "<td>selective</td><td>0.460 [0.430, 0.490]</td><td>1100.0 [1050.0, 1150.0]</td><td>0.346</td>" in page
     assert "<td>selective</td><td>full</td><td>accuracy</td><td>+0.048 [+0.011, +0.090]</td>" in page
     assert "<td>mean_length</td><td>-134.5 [-170.0, -100.0]</td>" in page
-    assert "selective beats full &lt;clearly&gt; &amp; shortens" in page and "<clearly>" not in page
+    assert ("<ul class='verdict'><li>selective vs full: beats &lt;clearly&gt; &amp; shortens</li><li>oracle vs full: "
+            "not detected</li></ul>") in page and "<clearly>" not in page
+    assert "0.250 always answering the commonest gold answer (constant guess), 0.100 answering one" in page
+    assert page.count("<img class='forest'") == 1  # the bootstrap differences' forest plot (no family rows)
     # 01: score x variant for role "all" only, and the attributor's quality
     assert "<tr><th>score</th><th>plain</th><th>answer restated</th></tr>" in page
     assert "<tr><td>strength</td><td>0.812 [0.750, 0.870]</td><td>0.600 [0.520, 0.680]</td></tr>" in page
@@ -402,12 +406,58 @@ def test_index_headline_tables_from_hand_written_json(tmp_path):
     assert "href='01_tiny" not in page and "Title 01</a></h3>" in page
 
 
+def finetuning_json(n_problems: int) -> dict:
+    """A notebook 03 headline as segkit.headline.finetuning writes it, on 3 base models x ``n_problems``."""
+    from segkit import analysis
+
+    rows = [{"problem": f"p{p}", "base_seed": b, "ft_seed": 0, "mode": m, "gold": str(p % 3),
+             "accuracy": 0.3 + 0.1 * b * (m == "selective") + 0.01 * (p % 5),
+             "mean_length": 100.0 - 5 * b * (m == "selective") + p}
+            for b in range(3) for p in range(n_problems) for m in ("full", "selective")]
+    return missing_as_null(analysis.finetuning_headline(rows, n_resamples=50))
+
+
+@pytest.mark.parametrize("n_problems", [MIN_PROBLEMS - 40, MIN_PROBLEMS])
+def test_index_shows_the_forest_plot_of_a_03_headline_unless_too_few(tmp_path, n_problems):
+    import base64
+
+    params = tmp_path / "default.yaml"
+    params.write_text("runs: [a.ipynb]\n")
+    data = finetuning_json(n_problems)
+    (tmp_path / "03.json").write_text(json.dumps(data, allow_nan=False))
+    write_index(tmp_path, params, index_rows("03"), 1.0)
+    page = (tmp_path / "index.html").read_text()
+    few = n_problems < MIN_PROBLEMS
+    assert (f"too few problems (n = {n_problems}) for a headline number." in page) == few
+    assert ("<img class='forest'" in page) == (not few) and ("t over 3 base models" in page) == (not few)
+    assert ("+0.100 [" in page) == (not few)  # selective - full accuracy: no number from a refused run
+    if not few:
+        png = page.split("src='data:image/png;base64,", 1)[1].split("'", 1)[0]
+        assert base64.b64decode(png).startswith(b"\x89PNG")
+        assert [f"<li>{line}</li>" in page for line in data["verdict"]] == [True]  # one comparison, one line
+        assert "<th>Holm p</th>" in page and "Equivalence margins, stated in advance: accuracy +-0.021" in page
+
+
 def test_index_without_headline_files_has_no_headline_section(tmp_path):
     params = tmp_path / "p.yaml"
     params.write_text("runs: [a.ipynb]\n")
     rows = [{**r, "parameters": {}} for r in index_rows("a")]
     write_index(tmp_path, params, rows, 1.0)
     assert "Headline" not in (tmp_path / "index.html").read_text()
+
+
+def test_index_links_the_reports_of_other_parameter_files_below_it(tmp_path):
+    params = tmp_path / "p.yaml"
+    params.write_text("runs: [a.ipynb]\n")
+    rows = [{**r, "parameters": {}} for r in index_rows("a")]
+    (tmp_path / "notes").mkdir()  # a folder of the user's, not a report: not linked
+    (tmp_path / "notes" / "index.html").write_text("<h1>my notes</h1>")
+    (tmp_path / "powered").mkdir()
+    write_index(tmp_path / "powered", params, rows, 1.0)  # the report of another parameter file, below this one
+    write_index(tmp_path, params, rows, 1.0)
+    page = (tmp_path / "index.html").read_text()
+    assert "href='powered/index.html'" in page and "notes/index.html" not in page
+    assert "Other reports" not in (tmp_path / "powered" / "index.html").read_text()
 
 
 @pytest.mark.parametrize("n_traces", [MIN_TRACES - 17, MIN_TRACES + 5])

@@ -91,18 +91,37 @@ def test_paired_difference_needs_the_same_problems():
         stats.mean_ci(rows_of({("a", 0, 1): 1.0, ("a", 1, 2): 1.0}), "a", "correct")
 
 
-def test_verdict_sentence_follows_the_intervals():
+def test_verdict_lines_follow_the_intervals():
     diffs = [{"mode": "selective", "vs": "full", "metric": "accuracy", "diff": 0.03, "ci_low": -0.01, "ci_high": 0.07},
              {"mode": "selective", "vs": "full", "metric": "mean_length", "diff": -12, "ci_low": -18, "ci_high": -6},
              {"mode": "selective", "vs": "random", "metric": "accuracy", "diff": 0.05, "ci_low": 0.01,
               "ci_high": 0.09},
              {"mode": "oracle", "vs": "full", "metric": "accuracy", "diff": 0.2, "ci_low": 0.1, "ci_high": 0.3}]
-    assert stats.verdict(diffs) == (
-        "(95% intervals) selective vs full: accuracy +0.030 [-0.010, +0.070], not detected; "
-        "mean length -12.0 [-18.0, -6.0] tokens, shorter. "
-        "selective vs random: accuracy +0.050 [+0.010, +0.090], higher.")
-    assert stats.verdict(diffs, mode="oracle").endswith("oracle vs full: accuracy +0.200 [+0.100, +0.300], higher.")
-    assert stats.verdict(diffs, mode="entropy") == "no comparison of entropy was made."
+    assert stats.verdict(diffs) == [
+        "selective vs full: accuracy +0.030 [-0.010, +0.070], not detected; "
+        "mean length -12.0 [-18.0, -6.0] tokens, shorter",
+        "selective vs random: accuracy +0.050 [+0.010, +0.090], higher",
+        "oracle vs full: accuracy +0.200 [+0.100, +0.300], higher"]
+    assert stats.verdict([]) == []
+    # a base-model row leads where there is one: its interval, Holm p and word (in the metric's terms)
+    family = [{"mode": "selective", "vs": "full", "metric": "mean_length", "diff": -12.0, "ci_low": -20.0,
+               "ci_high": -4.0, "p_value": 0.01, "p_holm": 0.02, "n_base": 5, "verdict": "lower"},
+              {"mode": "oracle", "vs": "full", "metric": "accuracy", "diff": 0.2, "ci_low": float("nan"),
+               "ci_high": float("nan"), "p_value": float("nan"), "p_holm": float("nan"), "n_base": 1,
+               "verdict": "no interval over base models (1 base model)"}]
+    lines = stats.verdict(diffs, family)
+    assert lines[0] == ("selective vs full: accuracy +0.030 [-0.010, +0.070], not detected; mean length -12.0 "
+                        "[-20.0, -4.0] tokens (t over 5 base models, Holm p = 0.02): shorter")
+    assert lines[2] == ("oracle vs full: accuracy +0.200: no interval over base models (1 base model); over its "
+                        "problems [+0.100, +0.300]")
+
+
+def test_describe_difference_takes_its_word_from_verdict_word():
+    row = {"metric": "mean_length", "diff": 1.0, "ci_low": 0.5, "ci_high": 1.5}
+    assert stats.describe_difference(row).endswith(", " + stats.metric_word("mean_length", "higher")) \
+        and stats.describe_difference(row).endswith("longer")
+    assert stats.describe_difference({**row, "ci_low": -0.5}).endswith("not detected")
+    assert stats.describe_difference({**row, "diff": float("nan")}) == "mean length missing (nothing to compare)"
 
 
 def test_auc_interval_matches_resampling_traces_one_by_one():
@@ -176,6 +195,13 @@ def test_family_verdicts_hold_for_the_family():
     assert alone["ci_low"] > 0 and stats.verdict_word(alone["ci_low"], alone["ci_high"]) == "higher"
     out = stats.family_verdicts(rows, [("a", "b"), ("c", "b"), ("d", "b"), ("e", "b")], "correct")
     assert out[3]["verdict"] == "not detected" and out[1]["verdict"] == "higher"
+
+
+def test_family_verdicts_with_one_base_model_say_there_is_no_interval():
+    rows = rows_of({(m, 0, p): 5.0 * p + (1.0 if m == "a" else 0.0) for m in ("a", "b") for p in range(4)})
+    (row,) = stats.family_verdicts(rows, [("a", "b")], "correct", margin=10.0)
+    assert row["diff"] == 1.0 and row["n_base"] == 1 and np.isnan(row["ci_low"]) and np.isnan(row["p_holm"])
+    assert row["verdict"] == "no interval over base models (1 base model)"  # not "equivalent", not "higher"
 
 
 def test_auc_equals_scikit_learn_with_ties():

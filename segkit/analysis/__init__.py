@@ -6,7 +6,8 @@ One module per job; every name is importable from ``segkit.analysis`` as the not
 - ``removal``: the change in log p(answer) when a segment is removed (paper Fig. 2; needs the model)
 - ``selection``: precision/recall against planted roles, the tau x beta grid and its saved choice, methods compared
 - ``auc``: ROC-AUC with bootstrap intervals of every segment score against the planted useful roles
-- ``modes``: per-problem results, mode rows with intervals, paired differences and the verdict sentence
+- ``modes``: per-problem results, mode rows with intervals, paired differences, base-model intervals and the
+  verdict lines
 - ``heatmap``: the token heat map (HTML); ``plots``: the figures (matplotlib)
 - ``explore``: the heat map with tau/beta sliders and a trace picker (ipywidgets, for JupyterLab)
 
@@ -21,11 +22,12 @@ from .auc import (SEGMENT_SCORES, auc_summary, auc_table, describe_versus, versu
                   within_trace_auc)
 from .explore import explore, selection_summary
 from .heatmap import render_heatmap
-from .modes import (METRICS, PAIRS, RECOVERED, VERSUS, differences_table, finetuning_headline, modes_table,
-                    per_problem_results, per_problem_rows, recovered, resolution, summarise_modes, verdict)
-from .plots import (plot_auc, plot_completeness, plot_differences, plot_grid, plot_joint, plot_length_vs_share,
-                    plot_modes, plot_precision_recall, plot_removal_effect, plot_segment_features, plot_strength_cdf,
-                    plot_strength_consistency)
+from .modes import (EQUIVALENCE, METRICS, PAIRS, RECOVERED, VERSUS, describe_guesses, differences_table,
+                    family_table, finetuning_headline, guesses, intervals_sentence, modes_table, per_problem_results,
+                    per_problem_rows, recovered, resolution, summarise_modes, verdict)
+from .plots import (plot_auc, plot_completeness, plot_differences, plot_forest, plot_grid, plot_joint,
+                    plot_length_vs_share, plot_modes, plot_precision_recall, plot_removal_effect, plot_segment_features,
+                    plot_strength_cdf, plot_strength_consistency)
 from .removal import add_removal_effects, answer_log_prob, fig2_ordering, removal_by_group, segment_removal_effect
 from .selection import (SELECTION_METHODS, choose_tau_beta, choose_tau_beta_on_signal, confidence_gap_spread,
                         criterion_support, grid_table, load_choice, precision_recall, precision_recall_by_method,

@@ -2,12 +2,16 @@
 
 Evaluation results enter as per-problem rows (``per_problem_rows`` over ``segkit evaluate`` output), one per
 (problem, base seed, fine-tuning seed, mode); ``segkit.stats`` does the two-level bootstrap (base models, then
-problems; fine-tuning seeds averaged), and differences are paired per problem and base model.
+problems; fine-tuning seeds averaged), and differences are paired per problem and base model. The verdict's
+intervals take the base model as the unit (``family_table``: a t interval over base-model means, Holm-corrected per
+metric), since the claim is that the method helps a base model.
 
     >>> rows = per_problem_rows(load("runs/eval-full.jsonl"), "full", base_seed=0, ft_seed=0) + ...
     >>> modes_table(rows)                          # mode, accuracy [ci], mean_length [ci], ...
     >>> diffs = differences_table(rows)            # selective minus full, random, ...; oracle minus full
-    >>> verdict(diffs)                             # one sentence, whichever way the intervals fall
+    >>> family = family_table(rows)                # the same pairs, t over base models, Holm, verdict words
+    >>> verdict(diffs, family)                     # one line per comparison, whichever way the intervals fall
+    >>> guesses(rows)                              # accuracy of always answering the commonest gold answer, ...
     >>> recovered(rows)                            # IG's share of the oracle's gain over token-matched random
 """
 from __future__ import annotations
@@ -30,17 +34,43 @@ VERSUS = ("full", "random", "strength-only", "perplexity", "entropy", "oracle", 
 PAIRS = tuple(("selective", vs) for vs in VERSUS) + (("oracle", "full"), ("oracle", "random-tokens"))
 # what `recovered` reads: IG's selection, the token-matched random control, the planted truth
 RECOVERED = ("selective", "random-tokens", "oracle")
+# the smallest accuracy differences the paper reports between selections: Table 1 (+2.1 points over full-trace SFT),
+# Table 2 (up to 3 points between selection methods)
+PAPER_DIFFERENCE = 0.021
+# the equivalence margin per metric, stated before the run: "equivalent within M" only where the whole base-model
+# interval lies inside +-M. Accuracy: the paper's smallest reported gain (a difference inside it is smaller than
+# what the paper claims); output length: none (the paper states no length difference that would not matter).
+EQUIVALENCE = {"accuracy": PAPER_DIFFERENCE}
 
 
 def per_problem_rows(eval_records: Iterable[dict], mode: str, base_seed: int = 0, ft_seed: int = 0,
                      trained_token_fraction: float | None = None) -> list[dict]:
     """``{"problem", "base_seed", "ft_seed", "mode", "accuracy", "mean_length"}`` per record of a ``segkit
     evaluate`` output file (``id``, ``correct`` and ``n_tokens`` per sample): accuracy is the problem's avg@n. The
-    model's ``trained_token_fraction``, when given, is carried on every row."""
+    record's ``gold`` answer (for ``guesses``) and the model's ``trained_token_fraction``, when given, are carried
+    on every row."""
     share = {} if trained_token_fraction is None else {SHARE: float(trained_token_fraction)}
     return [{"problem": r["id"], "base_seed": base_seed, "ft_seed": ft_seed, "mode": mode,
-             "accuracy": fmean(float(c) for c in r["correct"]), "mean_length": fmean(r["n_tokens"]), **share}
+             "accuracy": fmean(float(c) for c in r["correct"]), "mean_length": fmean(r["n_tokens"]), **share,
+             **({"gold": r["gold"]} if "gold" in r else {})}
             for r in eval_records]
+
+
+def guesses(rows_or_records: Iterable[dict]) -> dict:
+    """The accuracies a model reaches without reading the question, on the evaluated problems (rows of
+    ``per_problem_rows`` or ``segkit evaluate`` records, each problem counted once): ``constant_guess``, the share
+    of the most frequent gold answer (always answering it), and ``uniform_guess``, 1 / the number of distinct gold
+    answers (answering one of them at random). None when no row carries its ``gold`` answer.
+
+    >>> guesses([{"problem": "a", "gold": "4"}, {"problem": "b", "gold": "4"}, {"problem": "c", "gold": "7"}])
+    {'constant_guess': 0.6666666666666666, 'uniform_guess': 0.5, 'n_problems': 3}
+    """
+    gold = {r.get("problem", r.get("id")): str(r["gold"]).strip() for r in rows_or_records if "gold" in r}
+    if not gold:
+        return {"constant_guess": None, "uniform_guess": None, "n_problems": 0}
+    counts = pd.Series(list(gold.values())).value_counts()
+    return {"constant_guess": float(counts.iloc[0] / len(gold)), "uniform_guess": 1 / len(counts),
+            "n_problems": len(gold)}
 
 
 def per_problem_results(table: pd.DataFrame, benchmark: str | None = None) -> list[dict]:
@@ -91,18 +121,61 @@ def differences_table(rows: Sequence[dict], pairs: Sequence[tuple[str, str]] = P
                         columns=["mode", "vs", "metric", "diff", "ci_low", "ci_high"])
 
 
-def verdict(differences: pd.DataFrame | Sequence[dict], mode: str = "selective") -> str:
-    """The sentence for ``mode``'s comparisons (``segkit.stats.verdict``), plus the oracle check when present."""
-    diffs = differences.to_dict("records") if isinstance(differences, pd.DataFrame) else list(differences)
-    text = stats.verdict(diffs, mode)
-    if mode != "oracle" and any(d["mode"] == "oracle" for d in diffs):
-        text += " Check that selection can matter here: " + stats.verdict(diffs, "oracle").split(") ", 1)[1]
-    return text
+def describe_guesses(g: dict) -> str:
+    """The line printed beside every accuracy table: ``guesses``' two accuracies (``constant_guess``,
+    ``uniform_guess``), the floor a fine-tuned model's accuracy is read against."""
+    n = f" on the {g['n_problems']} evaluated problems" if g.get("n_problems") else ""
+
+    def num(x):
+        return "missing (no gold answers)" if x is None or x != x else f"{x:.3f}"
+    return (f"Accuracy without reading the question{n}: {num(g.get('constant_guess'))} always answering the "
+            f"commonest gold answer (constant guess), {num(g.get('uniform_guess'))} answering one of the distinct gold "
+            "answers at random (uniform guess).")
 
 
-# the smallest accuracy differences the paper reports between selections: Table 1 (+2.1 points over full-trace SFT),
-# Table 2 (up to 3 points between selection methods)
-PAPER_DIFFERENCE = 0.021
+def family_table(rows: Sequence[dict], pairs: Sequence[tuple[str, str]] = PAIRS, metrics: Sequence[str] = METRICS,
+                 margins: dict | None = None, level: float = stats.LEVEL) -> pd.DataFrame:
+    """The verdict's comparisons with the base model as the unit: per metric, one Holm family over the pairs whose
+    modes are both in ``rows`` (``segkit.stats.family_verdicts``), with that metric's equivalence margin
+    (``margins``, default ``EQUIVALENCE``). Columns ``mode``, ``vs``, ``metric``, ``diff``, ``ci_low``,
+    ``ci_high`` (the t interval over base-model means), ``p_value``, ``p_holm``, ``n_base``, ``verdict``."""
+    margins = EQUIVALENCE if margins is None else margins
+    present = {r["mode"] for r in rows}
+    ran = [(a, b) for a, b in pairs if a in present and b in present]
+    return pd.DataFrame([f for m in metrics if ran for f in stats.family_verdicts(rows, ran, m, margins.get(m), level)],
+                        columns=["mode", "vs", "metric", "diff", "ci_low", "ci_high", "p_value", "p_holm", "n_base",
+                                 "verdict"])
+
+
+def _records(table: pd.DataFrame | Sequence[dict] | None) -> list[dict]:
+    return table.to_dict("records") if isinstance(table, pd.DataFrame) else list(table or ())
+
+
+def verdict(differences: pd.DataFrame | Sequence[dict], family: pd.DataFrame | Sequence[dict] | None = None
+            ) -> list[str]:
+    """One line per comparison (``segkit.stats.verdict``): by the base-model rows ``family`` (``family_table``)
+    where given, else by the bootstrap ``differences``."""
+    return stats.verdict(_records(differences), _records(family))
+
+
+def intervals_sentence(family: pd.DataFrame | Sequence[dict], margins: dict | None = None,
+                       level: float = stats.LEVEL) -> str:
+    """Which interval the verdict reads and why, and the equivalence margins (``margins``, default
+    ``EQUIVALENCE``), for the base-model rows ``family``."""
+    margins = EQUIVALENCE if margins is None else margins
+    rows = _records(family)
+    n_base = min((int(f["n_base"]) for f in rows), default=0)
+    stated = ", ".join(f"{m.replace('_', ' ')} +-{v:g}" for m, v in margins.items() if v is not None) or "none"
+    why = (f"The verdict reads {level:.0%} t intervals over the base models' mean paired differences, Holm-corrected "
+           "per metric over its comparisons: the claim is about base models (does the method help a base model?), "
+           "and with few base models the two-level bootstrap's percentile intervals (the differences table) are "
+           "too narrow (few distinct resamples, no small-sample correction).")
+    if n_base < 2:
+        why += (f" This run has {n_base} base model, so there is no interval over base models: each line gives the "
+                "bootstrap interval over that model's problems, which says nothing of other base models.")
+    return (f"{why} Equivalence margins, stated in advance: {stated} (\"equivalent within M\" only where the whole "
+            "interval lies inside +-M; an interval that contains 0 otherwise reads \"not detected\").")
+
 
 
 def resolution(differences: pd.DataFrame | Sequence[dict], metric: str = "accuracy",
@@ -146,15 +219,24 @@ def summarise_modes(table: pd.DataFrame, metrics: Sequence[str] = ("accuracy", "
 def finetuning_headline(rows: Sequence[dict], pairs: Sequence[tuple[str, str]] = PAIRS,
                         n_resamples: int = stats.N_RESAMPLES, seed: int = 0,
                         results: pd.DataFrame | None = None) -> dict:
-    """What notebook 03 writes to ``reports/<run>.json``: ``{"modes": [...], "differences": [...], "verdict",
-    "resolution", "recovered"}`` (``modes_table``, ``differences_table`` and ``recovered`` as lists of plain dicts).
-    Rows without ``trained_token_fraction`` take each mode's mean from the ``compare_modes`` table ``results``."""
+    """What notebook 03 writes to ``reports/<run>.json``: ``{"modes": [...], "differences": [...], "family":
+    [...], "verdict": [...], "intervals", "margins", "constant_guess", "uniform_guess", "resolution",
+    "recovered"}``: ``modes_table``, ``differences_table`` (two-level bootstrap), ``family_table`` (base-model t
+    intervals, Holm, verdict words) and ``recovered`` as lists of plain dicts, ``verdict`` one line per comparison,
+    ``intervals`` the sentence saying which interval the verdict reads (``intervals_sentence``), ``margins`` the
+    equivalence margins (``EQUIVALENCE``), and ``guesses``' two accuracies. Rows without
+    ``trained_token_fraction`` take each mode's mean from the ``compare_modes`` table ``results``."""
     diffs = differences_table(rows, pairs, n_resamples=n_resamples, seed=seed)
+    family = family_table(rows, pairs, margins=EQUIVALENCE)
     modes = modes_table(rows, n_resamples=n_resamples, seed=seed)
     if results is not None and SHARE not in modes:
         fraction = results.groupby("mode")[SHARE].mean()
         modes[SHARE] = [float(fraction.get(m, float("nan"))) for m in modes["mode"]]
-    return {"modes": modes.to_dict("records"), "differences": diffs.to_dict("records"), "verdict": verdict(diffs),
+    guess = guesses(rows)
+    return {"modes": modes.to_dict("records"), "differences": diffs.to_dict("records"),
+            "family": family.to_dict("records"), "verdict": verdict(diffs, family),
+            "intervals": intervals_sentence(family), "margins": dict(EQUIVALENCE),
+            "constant_guess": guess["constant_guess"], "uniform_guess": guess["uniform_guess"],
             "resolution": resolution(diffs), "recovered": recovered(rows, n_resamples=n_resamples, seed=seed)}
 
 

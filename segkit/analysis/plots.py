@@ -217,23 +217,75 @@ def plot_precision_recall(pr: pd.DataFrame):
 
 
 def plot_differences(diffs: pd.DataFrame):
-    """The verdict as a forest plot: per metric, each paired difference (``differences_table``) with its 95%
-    interval; an interval that crosses the zero line is "not detected"."""
+    """The two-level bootstrap differences (``differences_table``) as a forest plot (``plot_forest``)."""
+    return plot_forest(diffs, title="Paired differences between modes (95% two-level bootstrap intervals)")
+
+
+# how a verdict word is drawn in the forest plot: detected (filled black), equivalent (blue), the rest (open grey)
+VERDICT_STYLE = {"detected": {"color": "k", "mfc": "k"}, "equivalent": {"color": "tab:blue", "mfc": "tab:blue"},
+                 "other": {"color": "grey", "mfc": "white"}}
+
+
+def _verdict_kind(word) -> str:
+    if word in ("higher", "lower"):
+        return "detected"
+    return "equivalent" if str(word).startswith("equivalent") else "other"
+
+
+def plot_forest(rows: pd.DataFrame | Sequence[dict], margins: dict | None = None,
+                bootstrap: pd.DataFrame | Sequence[dict] | None = None, title: str | None = None):
+    """Paired differences as a forest plot: one facet per metric, one point per comparison (``mode - vs``) with its
+    interval, a dashed line at 0. Rows are ``family_table``'s (base-model t intervals: the verdict, ``p_holm``
+    and ``n_base`` are written beside each point and set its style: filled black where detected, blue where
+    equivalent within the margin, open grey otherwise) or ``differences_table``'s (no verdict column). Where a row
+    has no interval (one base model), the ``bootstrap`` row of the same comparison (``differences_table``) lends its
+    interval over problems, drawn dotted; without one the point stands alone. ``margins`` ({metric: M}, e.g.
+    ``EQUIVALENCE``) shades +-M.
+    """
     import matplotlib.pyplot as plt
 
+    from ..stats import metric_word
+
     _style()
-    metrics = list(dict.fromkeys(diffs.metric))
+    table = pd.DataFrame(rows)
+    lent = {(b["mode"], b["vs"], b["metric"]): b for b in
+            (bootstrap.to_dict("records") if isinstance(bootstrap, pd.DataFrame) else list(bootstrap or ()))}
+    metrics = list(dict.fromkeys(table.metric))
     labels = {"accuracy": "accuracy difference", "mean_length": "mean output length difference (tokens)"}
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 0.5 * diffs.groupby("metric").size().max()
-                                                       + 1.8), squeeze=False)
+    tall = table.groupby("metric").size().max()
+    fig, axes = plt.subplots(1, len(metrics), figsize=(6.2 * len(metrics), 0.5 * tall + 1.8), squeeze=False)
     for ax, m in zip(axes[0], metrics):
-        d = diffs[diffs.metric == m].reset_index(drop=True)
+        d = table[table.metric == m].reset_index(drop=True)
         y = np.arange(len(d))[::-1]
-        ax.errorbar(d["diff"], y, xerr=[d["diff"] - d.ci_low, d.ci_high - d["diff"]], fmt="o", color="k", capsize=3)
+        diff, low, high = (pd.to_numeric(d[k], errors="coerce").to_numpy(float) for k in ("diff", "ci_low", "ci_high"))
+        for i in range(len(d)):
+            word = d["verdict"].iloc[i] if "verdict" in d else None
+            style = VERDICT_STYLE["detected" if word is None else _verdict_kind(word)]
+            err, ls = None if np.isnan(low[i]) else [[diff[i] - low[i]], [high[i] - diff[i]]], "-"
+            b = lent.get((d["mode"].iloc[i], d["vs"].iloc[i], m))
+            if err is None and b is not None and b["ci_low"] == b["ci_low"]:  # one base model: over its problems
+                err, ls, word = [[diff[i] - b["ci_low"]], [b["ci_high"] - diff[i]]], ":", "over problems only"
+            bars = ax.errorbar([diff[i]], [y[i]], xerr=err, fmt="o", capsize=3, **style)
+            for line in bars.lines[2]:
+                line.set_linestyle(ls)
+            if word is not None:
+                p = d["p_holm"].iloc[i] if "p_holm" in d else None
+                word = metric_word(m, word)
+                note = word if p is None or p != p else f"{word} (Holm p = {p:.2g})"
+                ax.annotate(note, (1.01, y[i]), xycoords=("axes fraction", "data"), va="center", fontsize=8,
+                            color=style["color"])
         ax.axvline(0, color="grey", lw=1, ls="--")
+        if (margins or {}).get(m) is not None:
+            ax.axvspan(-margins[m], margins[m], color="tab:blue", alpha=0.08, label=f"margin +-{margins[m]:g}")
+            ax.legend(loc="best", fontsize=8)
         ax.set_yticks(y, [f"{a} - {b}" for a, b in zip(d["mode"], d.vs)])
         ax.set(xlabel=labels.get(m, m), ylabel="")
-    fig.suptitle("Paired differences between modes (95% bootstrap intervals)")
+    if title is None:
+        n_base = int(table["n_base"].min()) if "n_base" in table else None
+        title = (f"Paired differences between modes (95% t intervals over {n_base} base models, Holm per metric)"
+                 if n_base and n_base > 1 else "Paired differences between modes (one base model: 95% bootstrap "
+                 "intervals over its problems, dotted)" if n_base and lent else "Paired differences between modes")
+    fig.suptitle(title)
     fig.tight_layout()
     return fig
 
