@@ -77,6 +77,9 @@ def estimate(cfg, made: dict[Path, dict], trains: bool = True) -> list[str]:
         base_epochs = (defaults(TrainConfig) | cfg.base_train)["epochs"]
         lines.append(f"base models: {n_bases} x {cfg.n_base} traces ({cfg.base_synth}) x {base_epochs} epochs, "
                      f"from scratch")
+    if not cfg.base_model and not cfg.attributor and n_bases > 1:  # each base model attributes its own selection
+        lines.append(f"attribution by the other base models: {n_bases - 1} x {n_traces} traces x {tokens} tokens x "
+                     f"{points} IG points")
     n_models = len(modes) * len(cfg.seeds) * n_bases
     total = f" = ~{n_models * n_traces * per_trace * tr['epochs']:,.0f} tokens" if per_trace else ""
     lines.append(f"training: {n_models} models x {n_traces} traces x {tokens} tokens x {tr['epochs']} epochs{total} "

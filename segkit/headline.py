@@ -11,7 +11,8 @@ reader's script can compare them without scraping. One definition of its shape, 
   ({mode: why}) and ``segkit.analysis.finetuning_headline``'s ``modes`` (``mode``, ``accuracy``, ``mean_length``,
   ``trained_token_fraction``, each with ``_ci_low``/``_ci_high``), ``differences`` (``mode``, ``vs``, ``metric``,
   ``diff``, ``ci_low``, ``ci_high``: the two-level bootstrap), ``family`` (the same comparisons with the base model
-  as the unit: ``diff``, ``ci_low``, ``ci_high`` of the t interval, ``p_value``, ``p_holm``, ``n_base``,
+  as the unit: ``diff``, ``ci_low``, ``ci_high`` of the t interval, ``p_value``, ``p_holm``, ``p_tost``,
+  ``p_tost_holm`` (the equivalence test against the margin), ``n_base``,
   ``verdict``; null intervals with one base model), ``verdict`` (a list of strings, one per comparison),
   ``intervals`` (which interval the verdict reads, and why), ``margins`` ({metric: equivalence margin}),
   ``constant_guess`` and ``uniform_guess`` (accuracy of always the commonest gold answer, of a random one of the

@@ -15,6 +15,7 @@ from importlib import metadata
 from pathlib import Path
 
 from . import headline
+from .stats import metric_word
 
 ROOT = Path(__file__).resolve().parents[1]  # the project: a clone, or the source tree of an editable install
 PACKAGES = ("segkit", "torch", "transformers", "peft", "numpy", "pandas", "matplotlib", "seaborn", "sacrebleu",
@@ -79,7 +80,8 @@ DIGITS = {"accuracy": 3, "mean_length": 1, "trained_token_fraction": 3}  # how m
 
 def forest_png(data: dict) -> str:
     """``<img>`` of the forest plot (``segkit.analysis.plot_forest``) of a 03 headline's ``family`` rows (else its
-    ``differences``), with its ``margins``; an inline base64 PNG, so the page stays one file."""
+    ``differences``), with its ``margins``; an inline base64 PNG, so the page stays one file. A null bound (null in the
+    JSON, a row without an interval) is missing, as NaN is."""
     import base64
     import io
 
@@ -131,8 +133,10 @@ def headline_html(data: dict) -> str:
         if data.get("family"):
             body = [[f["mode"], f["vs"], f["metric"],
                      _with_ci(f["diff"], f.get("ci_low"), f.get("ci_high"), DIGITS.get(f["metric"], 3), sign=True),
-                     _num(f.get("p_holm"), 3), str(f.get("n_base")), str(f.get("verdict"))] for f in data["family"]]
-            parts.append("<p>The verdict's intervals: t over base-model means, Holm per metric:</p>"
+                     _num(f.get("p_holm"), 3), str(f.get("n_base")), metric_word(f["metric"], str(f.get("verdict")))]
+                    for f in data["family"]]
+            parts.append("<p>The verdict's intervals: t over base-model means (unadjusted); Holm-adjusted p and words "
+                         "per metric:</p>"
                          + _table(["mode", "vs", "metric", "difference [95% t CI]", "Holm p", "base models",
                                    "verdict"], body))
         if data.get("family") or data.get("differences"):

@@ -1,8 +1,10 @@
-"""Independent runs of the experiment (training runs, shares of an attribution) in ``workers`` ``segkit`` processes.
+"""Independent runs of the experiment (training runs, evaluations, shares of an attribution) in ``workers``
+``segkit`` processes.
 
 Each job is a ``(stage, options)`` pair, such as ``("train", TrainConfig(...))``, run as the command registry
 (``segkit.commands``) names it: in this process, or as a ``segkit <stage> ...`` command line (``to_argv``). Every
-run is seeded and writes its own output, so where a job runs changes no byte of what it writes (tested).
+run is seeded and writes its own output, so with ``threads`` set where a job runs changes no byte of what it writes
+(tested).
 
     >>> run_parallel(cfg, [("train", TrainConfig(data="sel.jsonl", out=f"m{s}", seed=s)) for s in (0, 1)])
 """
@@ -37,7 +39,8 @@ def threads_per_run(cfg: PipelineConfig) -> int:
 
 
 def set_threads(cfg: PipelineConfig) -> None:
-    """Torch threads of work done in this process (evaluation, removal, quality): ``cfg.threads`` when set."""
+    """Torch threads of work done in this process (removal, quality; evaluation with one worker): ``cfg.threads``
+    when set."""
     if cfg.threads:
         import torch
         torch.set_num_threads(cfg.threads)

@@ -4,7 +4,7 @@
 The rooms behind it: ``segkit.testbed`` resolves the sources (``Sources``: the files and models a run names, or
 the embedded testbed's, base models included), ``segkit.steps`` holds the cached steps (segment, attribute, select,
 removal, attributor quality, fine-tune every mode, evaluate every model), ``segkit.jobs`` runs independent
-training runs and attribution shares in ``workers`` ``segkit`` processes (evaluation, removal and quality run in
+training runs, evaluations and attribution shares in ``workers`` ``segkit`` processes (removal and quality run in
 this process). Each step's output is keyed on its options, inputs and code, so a rerun reuses what is finished.
 
     >>> cfg = config_from({"workdir": "runs/x", "n_train": 400, "n_attribute": 32})

@@ -6,9 +6,10 @@ then resamples base models and, within each, problems (a two-level bootstrap), s
 drawn, the fine-tuning seeds and the base model. With one base model it is the ordinary bootstrap over problems.
 Comparisons are paired: a difference is taken per (base model, problem) before resampling, so what two modes share
 (the problem's difficulty, the base model) cancels. Where the claim is about base models (does a method help a base
-model?), ``base_model_difference`` takes the base model as the unit (a t interval over base-model means), ``holm``
-corrects a family of such comparisons, and ``verdict_word`` / ``family_verdicts`` say what each interval allows;
-``verdict`` writes one line per comparison from those words.
+model?), ``base_model_difference`` takes the base model as the unit (a t interval over base-model means, and a TOST
+p-value against an equivalence margin), ``holm`` corrects a family of such comparisons, ``family_verdicts`` words
+each comparison from its Holm-adjusted p-values (``verdict_word`` words a single interval), and ``verdict`` writes
+one line per comparison from those words.
 
     >>> rows = [{"problem": p, "mode": m, "length": 40 + p - 10 * (m == "oracle")}
     ...         for p in range(20) for m in ("full", "oracle")]
@@ -18,8 +19,8 @@ corrects a family of such comparisons, and ``verdict_word`` / ``family_verdicts`
     {'diff': -10.0, 'ci_low': -10.0, 'ci_high': -10.0}
     >>> roc_auc([0.9, 0.1, 0.5], [True, False, True])
     1.0
-    >>> verdict_word(-0.01, 0.02, margin=0.05), verdict_word(0.01, 0.02)
-    ('equivalent within 0.05', 'higher')
+    >>> verdict_word(-0.01, 0.02, margin=0.05), verdict_word(0.01, 0.02), verdict_word(0.01, 0.02, margin=0.05)
+    ('equivalent within 0.05', 'higher', 'higher (within ±0.05)')
 """
 from __future__ import annotations
 
@@ -177,14 +178,21 @@ DIRECTION = {"accuracy": ("higher", "lower"), "mean_length": ("longer", "shorter
 UNITS = {"accuracy": "", "mean_length": " tokens"}
 
 
+def missing(x) -> bool:
+    """Whether ``x`` is absent: None (null in JSON) or NaN."""
+    return x is None or x != x
+
+
 def _fmt(metric: str, x: float) -> str:
     return ("{:+.3f}" if metric == "accuracy" else "{:+.1f}").format(x)
 
 
 def metric_word(metric: str, word: str) -> str:
-    """``verdict_word``'s ``"higher"``/``"lower"`` in ``metric``'s terms (``"longer"``/``"shorter"`` for length)."""
+    """``verdict_word``'s ``"higher"``/``"lower"`` in ``metric``'s terms (``"longer"``/``"shorter"`` for length),
+    also where a note follows (``"higher (within ±0.02)"``)."""
     up, down = DIRECTION.get(metric, ("higher", "lower"))
-    return {"higher": up, "lower": down}.get(word, word)
+    head, sep, rest = str(word).partition(" ")
+    return {"higher": up, "lower": down}.get(head, head) + sep + rest
 
 
 def describe_difference(d: dict) -> str:
@@ -200,15 +208,19 @@ def describe_difference(d: dict) -> str:
 
 def describe_family_row(f: dict, bootstrap: dict | None = None) -> str:
     """One metric of a comparison by its base-model row ``f`` (``family_verdicts``), e.g. ``"accuracy +0.010
-    [-0.020, +0.040] (t over 5 base models, Holm p = 0.9): not detected"``. With fewer than 2 base models there
-    is no such interval: the line says so and gives the ``bootstrap`` row's interval over problems (if given)."""
+    [-0.020, +0.040] (t over 5 base models, Holm p = 0.9): not detected"`` (the interval unadjusted, the p and word
+    Holm-adjusted; where the word speaks of the margin, the Holm-adjusted TOST p too). Without such an interval
+    (fewer than 2 base models, or no spread between them) the line says so and gives the ``bootstrap`` row's
+    interval over problems (if given)."""
     metric, name, units = f["metric"], f["metric"].replace("_", " "), UNITS.get(f["metric"], "")
-    if f["n_base"] < 2:
-        over = "" if bootstrap is None else (f"; over its problems [{_fmt(metric, bootstrap['ci_low'])}, "
-                                             f"{_fmt(metric, bootstrap['ci_high'])}]{units}")
+    if f["n_base"] < 2 or missing(f["ci_low"]):
+        over = "" if bootstrap is None or missing(bootstrap["ci_low"]) else (
+            f"; over its problems [{_fmt(metric, bootstrap['ci_low'])}, {_fmt(metric, bootstrap['ci_high'])}]{units}")
         return f"{name} {_fmt(metric, f['diff'])}{units}: {f['verdict']}{over}"
+    word, tost = f["verdict"], f.get("p_tost_holm")
+    also = f", Holm TOST p = {tost:.2g}" if "within" in word and not missing(tost) else ""
     return (f"{name} {_fmt(metric, f['diff'])} [{_fmt(metric, f['ci_low'])}, {_fmt(metric, f['ci_high'])}]{units} "
-            f"(t over {f['n_base']} base models, Holm p = {f['p_holm']:.2g}): {metric_word(metric, f['verdict'])}")
+            f"(t over {f['n_base']} base models, Holm p = {f['p_holm']:.2g}{also}): {metric_word(metric, word)}")
 
 
 def verdict(differences: Sequence[dict], family: Sequence[dict] | None = None) -> list[str]:
@@ -233,10 +245,15 @@ def verdict(differences: Sequence[dict], family: Sequence[dict] | None = None) -
 # through each base model's mean, so their number narrows nothing beyond what the base models agree on.
 # scipy.stats and statsmodels are imported on use: each takes most of a second to import.
 
-def base_model_difference(rows: Sequence[dict], mode: str, vs: str, metric: str, level: float = LEVEL) -> dict:
-    """``{"diff", "ci_low", "ci_high", "p_value", "n_base"}``: ``mode`` minus ``vs`` on ``metric``, differenced per
-    (base seed, problem), averaged over problems per base model, then a t interval and two-sided p-value over the
-    base-model means (``scipy.stats.ttest_1samp``). NaN interval and p with fewer than 2 base models."""
+def base_model_difference(rows: Sequence[dict], mode: str, vs: str, metric: str, level: float = LEVEL,
+                          margin: float | None = None) -> dict:
+    """``{"diff", "ci_low", "ci_high", "p_value", "p_tost", "n_base"}``: ``mode`` minus ``vs`` on ``metric``,
+    differenced per (base seed, problem), averaged over problems per base model, then a t interval and two-sided
+    p-value over the base-model means (``scipy.stats.ttest_1samp``, B - 1 degrees of freedom). ``p_tost`` is the
+    equivalence test against ``+-margin`` (TOST: the larger of the one-sided p-values against -M and +M; below
+    alpha exactly where the 1 - 2 alpha interval, 90% at alpha 5%, lies inside +-M); NaN without a margin. NaN
+    interval and p-values with fewer than 2 base models, or when every base model's mean is the same (no spread
+    to test against: a t interval of width 0 would claim certainty that B base models cannot give)."""
     from scipy import stats as st
 
     a, bases_a, probs_a = per_problem_matrix(rows, mode, metric)
@@ -245,13 +262,14 @@ def base_model_difference(rows: Sequence[dict], mode: str, vs: str, metric: str,
         raise ValueError(f"{mode!r} and {vs!r} were not evaluated on the same base seeds and problems")
     means = (a - b).mean(axis=1)                                    # (base models,)
     out = {"diff": float(means.mean()), "ci_low": float("nan"), "ci_high": float("nan"), "p_value": float("nan"),
-           "n_base": len(means)}
-    if len(means) > 1:
-        if np.ptp(means) == 0:  # every base model agrees exactly: no spread to test against
-            return {**out, "ci_low": out["diff"], "ci_high": out["diff"], "p_value": float(out["diff"] == 0)}
+           "p_tost": float("nan"), "n_base": len(means)}
+    if len(means) > 1 and np.ptp(means) > 0:  # one base model, or all agree exactly: no spread to test against
         test = st.ttest_1samp(means, 0.0)
         ci = test.confidence_interval(level)
         out |= {"ci_low": float(ci.low), "ci_high": float(ci.high), "p_value": float(test.pvalue)}
+        if margin is not None:
+            out["p_tost"] = float(max(st.ttest_1samp(means, -margin, alternative="greater").pvalue,
+                                      st.ttest_1samp(means, margin, alternative="less").pvalue))
     return out
 
 
@@ -265,31 +283,41 @@ def holm(p_values: Sequence[float], alpha: float = 1 - LEVEL) -> tuple[list[bool
 
 
 def verdict_word(ci_low: float, ci_high: float, margin: float | None = None) -> str:
-    """What an interval of a difference allows one to say: ``"equivalent within M"`` when the stated margin ``M``
-    contains the whole interval (checked first: it is the claim made in advance), else ``"not detected"`` when it
-    contains 0, else ``"higher"`` or ``"lower"``. A NaN bound says ``"not detected"``."""
-    if margin is not None and -margin <= ci_low and ci_high <= margin:
-        return f"equivalent within {margin:g}"
-    if not ci_low > 0 and not ci_high < 0:
-        return "not detected"
-    return "higher" if ci_low > 0 else "lower"
+    """What one interval of a difference allows one to say, with no correction for multiplicity: ``"higher"`` or
+    ``"lower"`` when it excludes 0 (with ``" (within ±M)"`` when the stated margin ``M`` also contains it), else
+    ``"equivalent within M"`` when ``+-M`` contains it, else ``"not detected"``. A NaN bound says ``"not
+    detected"``. (An equivalence test at alpha reads the 1 - 2 alpha interval, 90% at 5%; ``family_verdicts``
+    words a family from Holm-adjusted p-values instead.)"""
+    inside = margin is not None and -margin <= ci_low and ci_high <= margin
+    if ci_low > 0 or ci_high < 0:
+        return ("higher" if ci_low > 0 else "lower") + (f" (within ±{margin:g})" if inside else "")
+    return f"equivalent within {margin:g}" if inside else "not detected"
 
 
 def family_verdicts(rows: Sequence[dict], comparisons: Sequence[tuple[str, str]], metric: str,
                     margin: float | None = None, level: float = LEVEL) -> list[dict]:
-    """One ``base_model_difference`` row per ``(mode, vs)`` in ``comparisons``, with ``p_holm`` (Holm over the
-    family) and ``verdict`` (``verdict_word``); a difference Holm does not reject reads ``"not detected"`` even
-    where its own interval excludes 0, so the words hold for the family, not one comparison at a time. With fewer
-    than 2 base models the interval, ``p_value`` and ``p_holm`` are NaN and ``verdict`` says there is no interval
-    (its p enters Holm as 1)."""
-    out = [{"mode": m, "vs": v, "metric": metric, **base_model_difference(rows, m, v, metric, level)}
+    """One ``base_model_difference`` row per ``(mode, vs)`` in ``comparisons`` (its t interval unadjusted), with
+    ``p_holm`` (the difference's p, Holm over the family), ``p_tost_holm`` (the TOST p against ``+-margin``, Holm
+    over the family; NaN without a margin) and ``verdict``: ``"higher"``/``"lower"`` where Holm rejects no
+    difference (adding ``" (within ±M)"`` where Holm also rejects the TOST), else ``"equivalent within M"`` where
+    Holm rejects the TOST (the 90% interval inside +-M, at the family's 5%), else ``"not detected"``. So the words
+    hold for the family, not one comparison at a time. Without an interval (fewer than 2 base models, or no spread
+    between them) the p-values are NaN, the verdict says why, and its p enters Holm as 1 (it never rejects)."""
+    out = [{"mode": m, "vs": v, "metric": metric, **base_model_difference(rows, m, v, metric, level, margin)}
            for m, v in comparisons]
-    p = [d["p_value"] for d in out]
-    reject, adjusted = holm([1.0 if x != x else x for x in p], 1 - level)  # an untestable p (NaN) never rejects
-    for d, r, adj, raw in zip(out, reject, adjusted, p):
+    alpha = 1 - level
+    reject, adjusted = holm([1.0 if missing(d["p_value"]) else d["p_value"] for d in out], alpha)
+    equivalent, tost = holm([1.0 if missing(d["p_tost"]) else d["p_tost"] for d in out], alpha)
+    for d, r, adj, e, adj_tost in zip(out, reject, adjusted, equivalent, tost):
+        nan = float("nan")
         if d["n_base"] < 2:  # one base model: no spread between base models to build an interval from
-            d |= {"p_holm": float("nan"), "verdict": f"no interval over base models ({d['n_base']} base model)"}
-            continue
-        word = verdict_word(d["ci_low"], d["ci_high"], margin)
-        d |= {"p_holm": adj, "verdict": "not detected" if word in ("higher", "lower") and not r else word}
+            d |= {"p_holm": nan, "p_tost_holm": nan,
+                  "verdict": f"no interval over base models ({d['n_base']} base model)"}
+        elif missing(d["p_value"]):  # every base model's mean the same: a t interval of width 0 says nothing
+            d |= {"p_holm": nan, "p_tost_holm": nan, "verdict": "no interval (no spread between base models)"}
+        else:
+            within = margin is not None and e
+            word = (("higher" if d["diff"] > 0 else "lower") + (f" (within ±{margin:g})" if within else "") if r
+                    else f"equivalent within {margin:g}" if within else "not detected")
+            d |= {"p_holm": adj, "p_tost_holm": nan if margin is None else adj_tost, "verdict": word}
     return out

@@ -13,6 +13,7 @@ affects.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -188,11 +189,16 @@ def evaluation_job(cfg: PipelineConfig, model: str, bench: Path) -> tuple[Path, 
 def evaluate_models(cfg: PipelineConfig, models: list[str], benchmarks: list[Path]) -> list[dict[str, dict]]:
     """Per model, ``{benchmark stem: summary}`` (accuracy = avg@n, pass@k, mean_length, ..., and ``file``: the
     per-problem output) on every benchmark (``evaluation_job``); missing evaluations run in ``workers``
-    processes (``run_evaluate``)."""
+    processes (``run_evaluate``; with vLLM one at a time). In processes each takes ``threads_per_run`` torch
+    threads: with ``threads`` set (as every shipped parameter file sets it) that is the count one process uses, so
+    the bytes are the same; with ``threads: 0`` a process run takes 1 and an in-process run torch's default, and
+    sampled tokens may then differ at near-ties."""
     planned = [{bench.stem: evaluation_job(cfg, str(model), bench) for bench in benchmarks} for model in models]
     todo = [job for files in planned for _, job in files.values() if job]
     if todo:
-        log.info("evaluating %d models (%d workers)", len(todo), min(n_workers(cfg), len(todo)))
+        if cfg.generate.get("engine") == "vllm":  # one vLLM engine at a time: each takes a share of the memory
+            cfg = dataclasses.replace(cfg, workers=1)
+        log.info("evaluating %d model x benchmark pairs (%d workers)", len(todo), min(n_workers(cfg), len(todo)))
         set_threads(cfg)
         run_parallel(cfg, todo)
     out = []

@@ -301,7 +301,7 @@ def test_headline_family_and_verdict_lines_by_hand():
     # accuracy: one Holm family of three; p 0.225 (selective - full), 0.102 (selective - oracle), 0.013 (oracle)
     sel, half_sel, p_sel = t_by_hand([0.0, 0.25, 0.5])
     ora, half_ora, p_ora = t_by_hand([0.4, 0.5, 0.6])
-    _, _, p_so = t_by_hand([-0.4, -0.25, -0.1])
+    _, half_so, p_so = t_by_hand([-0.4, -0.25, -0.1])
     f = fam["selective", "full", "accuracy"]
     assert (f["diff"], f["ci_low"], f["ci_high"]) == pytest.approx((sel, sel - half_sel, sel + half_sel), abs=1e-5)
     assert f["n_base"] == 3 and f["p_value"] == pytest.approx(p_sel, abs=1e-6) and f["verdict"] == "not detected"
@@ -310,26 +310,34 @@ def test_headline_family_and_verdict_lines_by_hand():
     assert fam["oracle", "full", "accuracy"]["verdict"] == "higher" and ora - half_ora > 0.021  # beyond the margin
     assert fam["selective", "oracle", "accuracy"]["p_holm"] == pytest.approx(2 * p_so, abs=1e-6)
     assert f["p_holm"] == pytest.approx(p_sel, abs=1e-6)
-    # length: every base model's oracle is 30 shorter (no spread: the interval is the point, p 0)
-    assert (fam["oracle", "full", "mean_length"]["ci_low"], fam["oracle", "full", "mean_length"]["p_value"]) == (
-        -30.0, 0.0)
+    # length: every base model's oracle is 30 shorter: no spread between base models, so no interval and no p (it
+    # enters Holm as 1), not a zero-width interval with p 0
+    ora_len = fam["oracle", "full", "mean_length"]
+    assert all(math.isnan(ora_len[k]) for k in ("ci_low", "ci_high", "p_value", "p_holm"))
+    assert ora_len["verdict"] == "no interval (no spread between base models)"
     length, half_len, p_len = t_by_hand([-10.0, -12.0, -14.0])
     _, _, p_len_so = t_by_hand([20.0, 18.0, 16.0])
-    g = fam["selective", "full", "mean_length"]
-    assert g["p_holm"] == pytest.approx(max(p_len, 2 * p_len_so), abs=1e-6) and g["verdict"] == "lower"
+    g = fam["selective", "full", "mean_length"]  # Holm: 3 x 0.0041 (selective - oracle), then 2 x 0.0092
+    assert g["p_holm"] == pytest.approx(max(2 * p_len, 3 * p_len_so), abs=1e-6) and g["verdict"] == "lower"
+    assert math.isnan(g["p_tost"]) and math.isnan(g["p_tost_holm"])  # no length margin: no equivalence test
     assert head["verdict"] == [
         f"selective vs full: accuracy +0.250 [{sel - half_sel:+.3f}, {sel + half_sel:+.3f}] (t over 3 base models, "
         f"Holm p = {p_sel:.2g}): not detected; mean length -12.0 [{length - half_len:+.1f}, {length + half_len:+.1f}] "
         f"tokens (t over 3 base models, Holm p = {g['p_holm']:.2g}): shorter",
         head["verdict"][1],
         f"oracle vs full: accuracy +0.500 [{ora - half_ora:+.3f}, {ora + half_ora:+.3f}] (t over 3 base models, "
-        f"Holm p = {3 * p_ora:.2g}): higher; mean length -30.0 [-30.0, -30.0] tokens (t over 3 base models, "
-        "Holm p = 0): shorter"]
+        f"Holm p = {3 * p_ora:.2g}): higher; mean length -30.0 tokens: no interval (no spread between base models); "
+        "over its problems [-30.0, -30.0] tokens"]
     assert head["verdict"][0].startswith("selective vs full: accuracy +0.250 [-0.371, +0.871]")
     # the bootstrap differences stay under their key, narrower than the t interval over three base models
     boot = {(d["mode"], d["vs"], d["metric"]): d for d in head["differences"]}["selective", "full", "accuracy"]
     assert boot["ci_high"] - boot["ci_low"] < f["ci_high"] - f["ci_low"]
     assert "t intervals over the base models" in head["intervals"] and "accuracy +-0.021" in head["intervals"]
+    assert "(unadjusted); a difference is called only where its Holm-adjusted p < 0.05" in head["intervals"]
+    assert "90% t interval lies inside +-M" in head["intervals"] and "Holm-corrected" not in head["intervals"]
+    # the resolution reads the verdict's t intervals (median half-width of the three accuracy comparisons)
+    assert head["resolution"]["half_width"] == pytest.approx(sorted([half_sel, half_so, half_ora])[1], abs=1e-5)
+    assert "95% t intervals over 3 base models" in head["resolution"]["sentence"]
     assert head["margins"] == {"accuracy": 0.021}
     # guesses: gold answers 4, 4, 2, 3 on the four problems (each counted once over modes and base models)
     assert (head["constant_guess"], head["uniform_guess"]) == (0.5, pytest.approx(1 / 3))
@@ -360,13 +368,30 @@ def test_forest_plot_one_point_per_comparison_with_its_holm_verdict():
     fig = analysis.plot_forest(head["family"], head["margins"])
     assert [ax.get_xlabel() for ax in fig.axes[:2]] == ["accuracy difference",
                                                         "mean output length difference (tokens)"]
-    for ax, words in zip(fig.axes, (["not detected", "not detected", "higher"], ["shorter", "longer", "shorter"])):
+    for ax, words in zip(fig.axes, (["not detected", "not detected", "higher"], ["shorter", "longer", "no interval"])):
         points = [line for line in ax.lines if line.get_marker() == "o"]
         assert len(points) == 3  # selective - full, selective - oracle, oracle - full
         assert [t.get_text().split(" (")[0] for t in ax.texts] == words
         assert [t.get_text() for t in ax.get_yticklabels()] == ["selective - full", "selective - oracle",
                                                                "oracle - full"]
-    assert "3 base models" in fig._suptitle.get_text()
+    title = fig._suptitle.get_text()
+    assert "3 base models, unadjusted; called where Holm-adjusted p < 0.05" in title and "Holm per metric" not in title
+
+
+def test_forest_plot_of_bootstrap_rows_styles_each_point_by_its_interval():
+    diffs = [{"mode": "selective", "vs": "full", "metric": "accuracy", "diff": 0.01, "ci_low": -0.02, "ci_high": 0.04},
+             {"mode": "oracle", "vs": "full", "metric": "accuracy", "diff": 0.3, "ci_low": 0.2, "ci_high": 0.4},
+             {"mode": "random", "vs": "full", "metric": "accuracy", "diff": 0.0, "ci_low": None, "ci_high": None}]
+    fig = analysis.plot_forest(diffs)  # no verdict column: an older headline file, or differences_table's rows
+    (ax,) = fig.axes
+    faces = [line.get_markerfacecolor() for line in ax.lines if line.get_marker() == "o"]
+    assert faces == ["white", "k", "white"]  # only the interval that excludes 0 is drawn as detected
+    assert fig._suptitle.get_text() == "Paired differences between modes (95% two-level bootstrap intervals)"
+    # a row without an interval borrows none from a bootstrap row whose bounds are null (JSON) either
+    fam = [{**d, "verdict": "no interval over base models (1 base model)", "p_holm": None, "n_base": 1}
+           for d in diffs[2:]]
+    alone = analysis.plot_forest(fam, bootstrap=diffs)
+    assert len(alone.axes[0].collections) == 0
 
 
 def test_forest_plot_with_one_base_model_borrows_the_bootstrap_interval():
@@ -417,6 +442,20 @@ def test_resolution_compares_the_interval_width_with_the_papers_difference():
     wide = analysis.resolution(diffs[:1])
     assert wide["half_width"] == pytest.approx(0.05) and not wide["resolvable"] and "cannot" in wide["sentence"]
     assert analysis.resolution(diffs, metric="pass@k")["half_width"] is None
+    assert "two-level bootstrap intervals (no base-model intervals were given" in r["sentence"]
+
+
+def test_resolution_reads_the_t_intervals_over_base_models_where_there_are_any():
+    boot = [{"metric": "accuracy", "ci_low": -0.01, "ci_high": 0.01}]  # the bootstrap: too narrow, +-0.01
+    fam = [{"metric": "accuracy", "n_base": 3, "ci_low": -0.06, "ci_high": 0.04},
+           {"metric": "accuracy", "n_base": 3, "ci_low": float("nan"), "ci_high": float("nan")},  # no spread
+           {"metric": "mean_length", "n_base": 3, "ci_low": -9.0, "ci_high": 9.0}]
+    r = analysis.resolution(boot, family=fam)
+    assert r["half_width"] == pytest.approx(0.05) and not r["resolvable"]
+    assert "95% t intervals over 3 base models of +-0.050" in r["sentence"]
+    one = analysis.resolution(boot, family=[{"metric": "accuracy", "n_base": 1, "ci_low": None, "ci_high": None}])
+    assert one["half_width"] == pytest.approx(0.01) and one["resolvable"]
+    assert "bootstrap intervals (with 1 base model there is no t interval over base models" in one["sentence"]
 
 
 def test_per_problem_results_read_every_model_of_a_compare_modes_table(tmp_path):

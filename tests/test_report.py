@@ -114,6 +114,12 @@ def test_check_passes_a_complete_file_and_estimates_the_work(tmp_path, monkeypat
     assert "attribution: 10 traces" in out
     assert "generation: 3 models x <= 1,200 tokens" in out  # 4 problems x 3 samples (b's own n) x 100 tokens
     assert not (tmp_path / "data").exists()  # checking makes nothing
+    assert "other base models" not in out  # one given base model: one attribution
+    testbed = {"parameters": {"n_train": 12, "n_attribute": 10, "base_seeds": [0, 1, 2]},
+               "runs": [{"notebook": "01_attribution_analysis.ipynb"}, {"notebook": "03_selective_finetuning.ipynb"}]}
+    params.write_text(yaml.safe_dump(testbed))
+    out = run_report(ReportConfig(params=str(params), check=True, notebooks=str(NOTEBOOKS)))
+    assert "attribution by the other base models: 2 x 10 traces" in out  # each base model attributes its own
     spec["parameters"]["train"] = {"epoch": 2}
     params.write_text(yaml.safe_dump(spec))
     with pytest.raises(ValueError, match="epoch"):
@@ -365,6 +371,10 @@ def test_index_headline_tables_from_hand_written_json(tmp_path):
                            "ci_low": 0.011, "ci_high": 0.09},
                           {"mode": "selective", "vs": "full", "metric": "mean_length", "diff": -134.54,
                            "ci_low": -170.0, "ci_high": -99.96}],
+          "family": [{"mode": "selective", "vs": "full", "metric": "accuracy", "diff": 0.0477, "ci_low": 0.01,
+                      "ci_high": 0.09, "p_holm": 0.02, "n_base": 2, "verdict": "higher"},
+                     {"mode": "selective", "vs": "full", "metric": "mean_length", "diff": -134.54, "ci_low": -180.0,
+                      "ci_high": -90.0, "p_holm": 0.01, "n_base": 2, "verdict": "lower"}],
           "verdict": ["selective vs full: beats <clearly> & shortens", "oracle vs full: not detected"],
           "constant_guess": 0.25, "uniform_guess": 0.1, "run": "03", "params": "default.yaml", "seconds": 75.0}
     attr = {"auc": [{"score": "strength", "variant": "plain", "role": "all", "auc": 0.8123, "ci_low": 0.75,
@@ -393,7 +403,10 @@ def test_index_headline_tables_from_hand_written_json(tmp_path):
     assert ("<ul class='verdict'><li>selective vs full: beats &lt;clearly&gt; &amp; shortens</li><li>oracle vs full: "
             "not detected</li></ul>") in page and "<clearly>" not in page
     assert "0.250 always answering the commonest gold answer (constant guess), 0.100 answering one" in page
-    assert page.count("<img class='forest'") == 1  # the bootstrap differences' forest plot (no family rows)
+    assert page.count("<img class='forest'") == 1  # the forest plot of the family rows
+    # the base-model table says what the verdict lines say: longer/shorter for length
+    assert "<td>-134.5 [-180.0, -90.0]</td><td>0.010</td><td>2</td><td>shorter</td>" in page
+    assert "<td>+0.048 [+0.010, +0.090]</td><td>0.020</td><td>2</td><td>higher</td>" in page
     # 01: score x variant for role "all" only, and the attributor's quality
     assert "<tr><th>score</th><th>plain</th><th>answer restated</th></tr>" in page
     assert "<tr><td>strength</td><td>0.812 [0.750, 0.870]</td><td>0.600 [0.520, 0.680]</td></tr>" in page
@@ -436,6 +449,19 @@ def test_index_shows_the_forest_plot_of_a_03_headline_unless_too_few(tmp_path, n
         assert base64.b64decode(png).startswith(b"\x89PNG")
         assert [f"<li>{line}</li>" in page for line in data["verdict"]] == [True]  # one comparison, one line
         assert "<th>Holm p</th>" in page and "Equivalence margins, stated in advance: accuracy +-0.021" in page
+
+
+def test_index_forest_plot_takes_null_bounds_as_missing():
+    from segkit.index import forest_png
+
+    # an older 03 headline on one base model: no t interval (null), and a bootstrap row without one either
+    data = {"family": [{"mode": "selective", "vs": "full", "metric": "accuracy", "diff": 0.01, "ci_low": None,
+                        "ci_high": None, "p_value": None, "p_holm": None, "n_base": 1,
+                        "verdict": "no interval over base models (1 base model)"}],
+            "differences": [{"mode": "selective", "vs": "full", "metric": "accuracy", "diff": 0.01, "ci_low": None,
+                             "ci_high": None}], "margins": {"accuracy": 0.021}}
+    assert forest_png(data).startswith("<img class='forest'")
+    assert forest_png({"differences": data["differences"]}).startswith("<img class='forest'")
 
 
 def test_index_without_headline_files_has_no_headline_section(tmp_path):

@@ -174,7 +174,9 @@ def test_verdict_words():
     assert stats.verdict_word(0.1, 0.3) == "higher" and stats.verdict_word(-0.3, -0.1) == "lower"
     assert stats.verdict_word(-0.02, 0.03, margin=0.05) == "equivalent within 0.05"
     assert stats.verdict_word(-0.02, 0.06, margin=0.05) == "not detected"  # the margin must hold all of it
-    assert stats.verdict_word(0.01, 0.02, margin=0.05) == "equivalent within 0.05"
+    # a difference the interval detects stays detected inside the margin, and says it is inside
+    assert stats.verdict_word(0.01, 0.02, margin=0.05) == "higher (within ±0.05)"
+    assert stats.metric_word("mean_length", "lower (within ±3)") == "shorter (within ±3)"
     assert stats.verdict_word(float("nan"), float("nan")) == "not detected"
 
 
@@ -187,6 +189,9 @@ def test_family_verdicts_hold_for_the_family():
     out = stats.family_verdicts(rows, [("a", "b"), ("c", "b"), ("d", "b")], "correct", margin=0.1)
     assert [d["verdict"] for d in out] == ["not detected", "higher", "equivalent within 0.1"]
     assert out[1]["p_holm"] == pytest.approx(min(1.0, 3 * out[1]["p_value"]))
+    # d - b: mean 0, se 0.01 / sqrt(3); TOST p = the upper tail at t = 0.1 / se (both sides alike); Holm over three
+    assert out[2]["p_tost"] == pytest.approx(upper_tail_2df(0.1 / (0.01 / np.sqrt(3))), rel=1e-6)
+    assert out[2]["p_tost_holm"] == pytest.approx(3 * out[2]["p_tost"], rel=1e-6) and out[2]["p_tost_holm"] < 0.05
     # a fourth comparison with p a little under 0.05 is "higher" alone, but not after Holm over four
     per_mode["e"] = [0.65, 1.0, 1.35]  # t = 4.95, p = 0.038; Holm: 3 x 0.038 > 0.05
     rows = rows_of({(m, base, p): 5.0 * p + (per_mode[m][base] if m in per_mode else 0.0)
@@ -195,6 +200,64 @@ def test_family_verdicts_hold_for_the_family():
     assert alone["ci_low"] > 0 and stats.verdict_word(alone["ci_low"], alone["ci_high"]) == "higher"
     out = stats.family_verdicts(rows, [("a", "b"), ("c", "b"), ("d", "b"), ("e", "b")], "correct")
     assert out[3]["verdict"] == "not detected" and out[1]["verdict"] == "higher"
+
+
+def upper_tail_2df(t: float) -> float:
+    """P(T > t) for Student's t with 2 degrees of freedom: (1 - t / sqrt(t^2 + 2)) / 2."""
+    return (1 - t / np.sqrt(t * t + 2)) / 2
+
+
+def family_rows(per_mode: dict) -> list[dict]:
+    """Rows where ``mode`` minus "b" averages ``per_mode[mode][base]`` on each of 3 base models (4 problems)."""
+    return rows_of({(m, base, p): 5.0 * p + (per_mode[m][base] if m in per_mode else 0.0)
+                    for m in ("b", *per_mode) for base in range(3) for p in range(4)})
+
+
+def test_equivalence_is_holm_corrected_and_a_detected_difference_stays_detected():
+    # e - b: base means 0.05, 0.06, 0.07 (se 0.01 / sqrt 3); its 95% interval [0.035, 0.085] lies inside +-0.1, but
+    # the difference is detected (t = 10.4, two-sided p 0.009): "higher", and inside the margin too (TOST p 0.010)
+    # f - b: -0.035, 0, 0.035 (se 0.035 / sqrt 3): TOST p 0.019 alone, 0.058 after Holm over three
+    # g - b: 1, 2, 3: neither detected nor equivalent (TOST p near 1)
+    per_mode = {"e": [0.05, 0.06, 0.07], "f": [-0.035, 0.0, 0.035], "g": [1.0, 2.0, 3.0]}
+    rows = family_rows(per_mode)
+    se_e, se_f = 0.01 / np.sqrt(3), 0.035 / np.sqrt(3)
+    p_e, tost_e, tost_f = 2 * upper_tail_2df(0.06 / se_e), upper_tail_2df(0.04 / se_e), upper_tail_2df(0.1 / se_f)
+    assert (p_e, tost_e, tost_f) == pytest.approx((0.0092, 0.0101, 0.0192), abs=1e-4)
+    e, f, g = stats.family_verdicts(rows, [("e", "b"), ("f", "b"), ("g", "b")], "correct", margin=0.1)
+    assert (e["p_value"], e["p_tost"], f["p_tost"]) == pytest.approx((p_e, tost_e, tost_f), rel=1e-6)
+    assert e["verdict"] == "higher (within ±0.1)" and e["p_holm"] == pytest.approx(3 * p_e, rel=1e-6)
+    assert e["p_tost_holm"] == pytest.approx(3 * tost_e, rel=1e-6)
+    # Holm steps down: 3 x 0.0101 = 0.030 rejects e's TOST, then 2 x 0.0192 = 0.038 rejects f's
+    assert f["ci_low"] > -0.1 and f["ci_high"] < 0.1 and f["p_tost_holm"] == pytest.approx(2 * tost_f, rel=1e-6)
+    assert f["verdict"] == "equivalent within 0.1" and g["verdict"] == "not detected"
+    # without e's small TOST p in the family, f's stands first: 3 x 0.0192 = 0.058, not equivalent after all
+    per_mode["h"] = [2.0, 3.0, 4.0]
+    f, g, h = stats.family_verdicts(family_rows(per_mode), [("f", "b"), ("g", "b"), ("h", "b")], "correct",
+                                    margin=0.1)
+    assert f["p_tost_holm"] == pytest.approx(3 * tost_f, rel=1e-6) and f["verdict"] == "not detected"
+    (alone,) = stats.family_verdicts(family_rows(per_mode), [("f", "b")], "correct", margin=0.1)
+    assert alone["verdict"] == "equivalent within 0.1"  # alone, 0.0192 < 0.05
+    # no margin: no TOST, and the words are the difference's alone
+    (e,) = stats.family_verdicts(rows, [("e", "b")], "correct")
+    assert e["verdict"] == "higher" and np.isnan(e["p_tost"]) and np.isnan(e["p_tost_holm"])
+
+
+def test_no_spread_between_base_models_gives_no_interval():
+    # 2 base models, each +0.005 on every problem (ties are common with one sample per problem): the t interval would
+    # have width 0 and p = 0, "equivalent within 0.021" or "higher"; instead there is no interval, as with one base
+    rows = [{**r, "accuracy": r["correct"]} for r in rows_of({(m, base, p): 0.1 * (p % 3) + 0.005 * (m == "a")
+                                                               for m in ("a", "b", "c") for base in range(2)
+                                                               for p in range(200)})]
+    d = stats.base_model_difference(rows, "a", "b", "accuracy", margin=0.021)
+    assert d["diff"] == pytest.approx(0.005) and d["n_base"] == 2
+    assert all(np.isnan(d[k]) for k in ("ci_low", "ci_high", "p_value", "p_tost"))
+    row, same = stats.family_verdicts(rows, [("a", "b"), ("c", "b")], "accuracy", margin=0.021)
+    for r in (row, same):  # c - b is exactly 0 everywhere: not "equivalent" either
+        assert r["verdict"] == "no interval (no spread between base models)"
+        assert np.isnan(r["p_holm"]) and np.isnan(r["p_tost_holm"])
+    # the verdict line gives the bootstrap interval over problems instead, as with one base model
+    assert stats.describe_family_row(row, {"ci_low": 0.005, "ci_high": 0.005}) == (
+        "accuracy +0.005: no interval (no spread between base models); over its problems [+0.005, +0.005]")
 
 
 def test_family_verdicts_with_one_base_model_say_there_is_no_interval():

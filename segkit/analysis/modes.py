@@ -2,9 +2,10 @@
 
 Evaluation results enter as per-problem rows (``per_problem_rows`` over ``segkit evaluate`` output), one per
 (problem, base seed, fine-tuning seed, mode); ``segkit.stats`` does the two-level bootstrap (base models, then
-problems; fine-tuning seeds averaged), and differences are paired per problem and base model. The verdict's
-intervals take the base model as the unit (``family_table``: a t interval over base-model means, Holm-corrected per
-metric), since the claim is that the method helps a base model.
+problems; fine-tuning seeds averaged), and differences are paired per problem and base model. The verdict takes the
+base model as the unit (``family_table``: a 95% t interval over base-model means, unadjusted; a difference or an
+equivalence is called only where its Holm-adjusted p, per metric, is below 0.05), since the claim is that the method
+helps a base model.
 
     >>> rows = per_problem_rows(load("runs/eval-full.jsonl"), "full", base_seed=0, ft_seed=0) + ...
     >>> modes_table(rows)                          # mode, accuracy [ci], mean_length [ci], ...
@@ -37,9 +38,10 @@ RECOVERED = ("selective", "random-tokens", "oracle")
 # the smallest accuracy differences the paper reports between selections: Table 1 (+2.1 points over full-trace SFT),
 # Table 2 (up to 3 points between selection methods)
 PAPER_DIFFERENCE = 0.021
-# the equivalence margin per metric, stated before the run: "equivalent within M" only where the whole base-model
-# interval lies inside +-M. Accuracy: the paper's smallest reported gain (a difference inside it is smaller than
-# what the paper claims); output length: none (the paper states no length difference that would not matter).
+# the equivalence margin per metric, stated before the run: "equivalent within M" only where the TOST against +-M
+# (the 90% base-model t interval inside +-M) holds after Holm over the metric's comparisons. Accuracy: the paper's
+# smallest reported gain (a difference inside it is smaller than what the paper claims); output length: none (the
+# paper states no length difference that would not matter).
 EQUIVALENCE = {"accuracy": PAPER_DIFFERENCE}
 
 
@@ -138,13 +140,15 @@ def family_table(rows: Sequence[dict], pairs: Sequence[tuple[str, str]] = PAIRS,
     """The verdict's comparisons with the base model as the unit: per metric, one Holm family over the pairs whose
     modes are both in ``rows`` (``segkit.stats.family_verdicts``), with that metric's equivalence margin
     (``margins``, default ``EQUIVALENCE``). Columns ``mode``, ``vs``, ``metric``, ``diff``, ``ci_low``,
-    ``ci_high`` (the t interval over base-model means), ``p_value``, ``p_holm``, ``n_base``, ``verdict``."""
+    ``ci_high`` (the t interval over base-model means, unadjusted), ``p_value``, ``p_holm`` (Holm-adjusted),
+    ``p_tost``, ``p_tost_holm`` (the equivalence test against the margin; NaN without one), ``n_base``,
+    ``verdict``."""
     margins = EQUIVALENCE if margins is None else margins
     present = {r["mode"] for r in rows}
     ran = [(a, b) for a, b in pairs if a in present and b in present]
     return pd.DataFrame([f for m in metrics if ran for f in stats.family_verdicts(rows, ran, m, margins.get(m), level)],
-                        columns=["mode", "vs", "metric", "diff", "ci_low", "ci_high", "p_value", "p_holm", "n_base",
-                                 "verdict"])
+                        columns=["mode", "vs", "metric", "diff", "ci_low", "ci_high", "p_value", "p_holm", "p_tost",
+                                 "p_tost_holm", "n_base", "verdict"])
 
 
 def _records(table: pd.DataFrame | Sequence[dict] | None) -> list[dict]:
@@ -166,30 +170,47 @@ def intervals_sentence(family: pd.DataFrame | Sequence[dict], margins: dict | No
     rows = _records(family)
     n_base = min((int(f["n_base"]) for f in rows), default=0)
     stated = ", ".join(f"{m.replace('_', ' ')} +-{v:g}" for m, v in margins.items() if v is not None) or "none"
-    why = (f"The verdict reads {level:.0%} t intervals over the base models' mean paired differences, Holm-corrected "
-           "per metric over its comparisons: the claim is about base models (does the method help a base model?), "
-           "and with few base models the two-level bootstrap's percentile intervals (the differences table) are "
-           "too narrow (few distinct resamples, no small-sample correction).")
+    alpha = 1 - level
+    why = (f"The verdict reads {level:.0%} t intervals over the base models' mean paired differences (unadjusted); a "
+           f"difference is called only where its Holm-adjusted p < {alpha:.2g} (Holm per metric over its "
+           "comparisons): the claim is about base models (does the method help a base model?), and with few base "
+           "models the two-level bootstrap's percentile intervals (the differences table) are too narrow (few "
+           "distinct resamples, no small-sample correction). Where every base model's mean is the same there is no "
+           "spread to build an interval from, and the line says so.")
     if n_base < 2:
         why += (f" This run has {n_base} base model, so there is no interval over base models: each line gives the "
                 "bootstrap interval over that model's problems, which says nothing of other base models.")
-    return (f"{why} Equivalence margins, stated in advance: {stated} (\"equivalent within M\" only where the whole "
-            "interval lies inside +-M; an interval that contains 0 otherwise reads \"not detected\").")
+    return (f"{why} Equivalence margins, stated in advance: {stated} (\"equivalent within M\" only where the "
+            f"equivalence test against +-M, TOST, has Holm-adjusted p < {alpha:.2g}, i.e. the {1 - 2 * alpha:.0%} "
+            "t interval lies inside +-M with the family's correction; a difference that is not called reads \"not "
+            "detected\", or \"higher (within ±M)\" where it is called and lies inside the margin too).")
 
 
 
 def resolution(differences: pd.DataFrame | Sequence[dict], metric: str = "accuracy",
-               paper: float = PAPER_DIFFERENCE) -> dict:
+               paper: float = PAPER_DIFFERENCE, family: pd.DataFrame | Sequence[dict] | None = None) -> dict:
     """How fine the comparisons are: the median half-width of the intervals of ``metric`` differences, and whether
-    a difference of the paper's size (``paper``) would lie outside such an interval, as one sentence."""
-    diffs = differences.to_dict("records") if isinstance(differences, pd.DataFrame) else list(differences)
-    widths = sorted((d["ci_high"] - d["ci_low"]) / 2 for d in diffs if d["metric"] == metric)
+    a difference of the paper's size (``paper``) would lie outside such an interval, as one sentence. The intervals
+    are the verdict's (``family``'s t intervals over base models) where it has them; else (fewer than 2 base models,
+    no spread between them, or no ``family``) the bootstrap ``differences``, and the sentence says so."""
+    fam = [f for f in _records(family) if f["metric"] == metric]
+    rows = [f for f in fam if int(f["n_base"]) >= 2 and not stats.missing(f["ci_low"])]
+    if rows:
+        kind = f"95% t intervals over {min(int(f['n_base']) for f in rows)} base models"
+    else:
+        rows = [d for d in _records(differences) if d["metric"] == metric]
+        n_base = max((int(f["n_base"]) for f in fam), default=None)
+        why = ("no base-model intervals were given" if n_base is None else f"with {n_base} base model there is no "
+               "t interval over base models" if n_base < 2 else "there is no spread between the base models' means")
+        kind = f"95% two-level bootstrap intervals ({why}; these are too narrow with few base models)"
+    widths = [(d["ci_high"] - d["ci_low"]) / 2 for d in rows
+              if not stats.missing(d["ci_low"]) and not stats.missing(d["ci_high"])]
     if not widths:
         return {"metric": metric, "half_width": None, "paper_difference": paper, "resolvable": None,
                 "sentence": f"no {metric} differences were computed."}
-    half = widths[len(widths) // 2] if len(widths) % 2 else (widths[len(widths) // 2 - 1] + widths[len(widths) // 2]) / 2
+    half = float(np.median(widths))
     ok = half < paper
-    sentence = (f"The {metric} differences have 95% intervals of +-{half:.3f} (median half-width), so a difference of "
+    sentence = (f"The {metric} differences have {kind} of +-{half:.3f} (median half-width), so a difference of "
                 f"the paper's size ({paper:+.3f}: Table 1, selective vs full) "
                 + ("would be resolved here." if ok else "cannot be resolved here: it lies inside such an interval; "
                    "more problems, seeds or base models would narrow them."))
@@ -224,7 +245,8 @@ def finetuning_headline(rows: Sequence[dict], pairs: Sequence[tuple[str, str]] =
     "recovered"}``: ``modes_table``, ``differences_table`` (two-level bootstrap), ``family_table`` (base-model t
     intervals, Holm, verdict words) and ``recovered`` as lists of plain dicts, ``verdict`` one line per comparison,
     ``intervals`` the sentence saying which interval the verdict reads (``intervals_sentence``), ``margins`` the
-    equivalence margins (``EQUIVALENCE``), and ``guesses``' two accuracies. Rows without
+    equivalence margins (``EQUIVALENCE``), ``guesses``' two accuracies and ``resolution`` (read from the
+    ``family`` intervals where there are any). Rows without
     ``trained_token_fraction`` take each mode's mean from the ``compare_modes`` table ``results``."""
     diffs = differences_table(rows, pairs, n_resamples=n_resamples, seed=seed)
     family = family_table(rows, pairs, margins=EQUIVALENCE)
@@ -237,7 +259,8 @@ def finetuning_headline(rows: Sequence[dict], pairs: Sequence[tuple[str, str]] =
             "family": family.to_dict("records"), "verdict": verdict(diffs, family),
             "intervals": intervals_sentence(family), "margins": dict(EQUIVALENCE),
             "constant_guess": guess["constant_guess"], "uniform_guess": guess["uniform_guess"],
-            "resolution": resolution(diffs), "recovered": recovered(rows, n_resamples=n_resamples, seed=seed)}
+            "resolution": resolution(diffs, family=family),
+            "recovered": recovered(rows, n_resamples=n_resamples, seed=seed)}
 
 
 def recovered(rows: Sequence[dict], metrics: Sequence[str] = METRICS, n_resamples: int = stats.N_RESAMPLES,

@@ -227,7 +227,7 @@ VERDICT_STYLE = {"detected": {"color": "k", "mfc": "k"}, "equivalent": {"color":
 
 
 def _verdict_kind(word) -> str:
-    if word in ("higher", "lower"):
+    if str(word).split(" ")[0] in ("higher", "lower"):  # also "higher (within ±M)"
         return "detected"
     return "equivalent" if str(word).startswith("equivalent") else "other"
 
@@ -235,16 +235,17 @@ def _verdict_kind(word) -> str:
 def plot_forest(rows: pd.DataFrame | Sequence[dict], margins: dict | None = None,
                 bootstrap: pd.DataFrame | Sequence[dict] | None = None, title: str | None = None):
     """Paired differences as a forest plot: one facet per metric, one point per comparison (``mode - vs``) with its
-    interval, a dashed line at 0. Rows are ``family_table``'s (base-model t intervals: the verdict, ``p_holm``
-    and ``n_base`` are written beside each point and set its style: filled black where detected, blue where
-    equivalent within the margin, open grey otherwise) or ``differences_table``'s (no verdict column). Where a row
-    has no interval (one base model), the ``bootstrap`` row of the same comparison (``differences_table``) lends its
-    interval over problems, drawn dotted; without one the point stands alone. ``margins`` ({metric: M}, e.g.
-    ``EQUIVALENCE``) shades +-M.
+    interval, a dashed line at 0. Rows are ``family_table``'s (base-model t intervals, unadjusted: the verdict,
+    from Holm-adjusted p-values, ``p_holm`` (``p_tost_holm`` for an equivalence) and ``n_base`` are written beside
+    each point and set its style: filled black where detected, blue where equivalent within the margin, open grey
+    otherwise) or ``differences_table``'s (no verdict column: the style follows where each bootstrap interval lies,
+    ``verdict_word``). Where a row has no interval (one base model, no spread), the ``bootstrap`` row of the same
+    comparison (``differences_table``) lends its interval over problems, drawn dotted; without one the point stands
+    alone. ``margins`` ({metric: M}, e.g. ``EQUIVALENCE``) shades +-M. A None bound (null in JSON) is missing.
     """
     import matplotlib.pyplot as plt
 
-    from ..stats import metric_word
+    from ..stats import metric_word, missing, verdict_word
 
     _style()
     table = pd.DataFrame(rows)
@@ -260,18 +261,19 @@ def plot_forest(rows: pd.DataFrame | Sequence[dict], margins: dict | None = None
         diff, low, high = (pd.to_numeric(d[k], errors="coerce").to_numpy(float) for k in ("diff", "ci_low", "ci_high"))
         for i in range(len(d)):
             word = d["verdict"].iloc[i] if "verdict" in d else None
-            style = VERDICT_STYLE["detected" if word is None else _verdict_kind(word)]
+            style = VERDICT_STYLE[_verdict_kind(verdict_word(low[i], high[i]) if word is None else word)]
             err, ls = None if np.isnan(low[i]) else [[diff[i] - low[i]], [high[i] - diff[i]]], "-"
             b = lent.get((d["mode"].iloc[i], d["vs"].iloc[i], m))
-            if err is None and b is not None and b["ci_low"] == b["ci_low"]:  # one base model: over its problems
+            if err is None and b is not None and not (missing(b["ci_low"]) or missing(b["ci_high"])):  # no t interval
                 err, ls, word = [[diff[i] - b["ci_low"]], [b["ci_high"] - diff[i]]], ":", "over problems only"
             bars = ax.errorbar([diff[i]], [y[i]], xerr=err, fmt="o", capsize=3, **style)
             for line in bars.lines[2]:
                 line.set_linestyle(ls)
             if word is not None:
-                p = d["p_holm"].iloc[i] if "p_holm" in d else None
+                key = "p_tost_holm" if str(word).startswith("equivalent") else "p_holm"
+                p = d[key].iloc[i] if key in d else None
                 word = metric_word(m, word)
-                note = word if p is None or p != p else f"{word} (Holm p = {p:.2g})"
+                note = word if missing(p) else f"{word} ({'Holm TOST' if key == 'p_tost_holm' else 'Holm'} p = {p:.2g})"
                 ax.annotate(note, (1.01, y[i]), xycoords=("axes fraction", "data"), va="center", fontsize=8,
                             color=style["color"])
         ax.axvline(0, color="grey", lw=1, ls="--")
@@ -282,9 +284,11 @@ def plot_forest(rows: pd.DataFrame | Sequence[dict], margins: dict | None = None
         ax.set(xlabel=labels.get(m, m), ylabel="")
     if title is None:
         n_base = int(table["n_base"].min()) if "n_base" in table else None
-        title = (f"Paired differences between modes (95% t intervals over {n_base} base models, Holm per metric)"
-                 if n_base and n_base > 1 else "Paired differences between modes (one base model: 95% bootstrap "
-                 "intervals over its problems, dotted)" if n_base and lent else "Paired differences between modes")
+        title = ("Paired differences between modes (95% two-level bootstrap intervals)" if "verdict" not in table
+                 else f"Paired differences between modes (95% t intervals over {n_base} base models, unadjusted; "
+                 "called where Holm-adjusted p < 0.05)" if n_base and n_base > 1
+                 else "Paired differences between modes (one base model: 95% bootstrap intervals over its problems, "
+                 "dotted)" if n_base and lent else "Paired differences between modes")
     fig.suptitle(title)
     fig.tight_layout()
     return fig
