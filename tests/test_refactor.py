@@ -5,8 +5,8 @@ files and new headline keys, are not compared).
 
 Both runs happen here, on the same machine, one after the other (floating-point sums differ between CPUs, so a
 stored list of hashes would not travel). ``BEFORE`` is the last commit that changed results on purpose: first the
-commit before the package was rebuilt into rooms (issue 17, 0df5290), now the one where each base model attributes
-its own traces and fine-tunes on its own selection (issue 18); a change that is meant to change results moves it to
+commit before the package was rebuilt into rooms (issue 17, 0df5290), now issue 18's last (each base model attributes
+its own traces and fine-tunes on its own selection; the verdict's statistics); a change that is meant to change results moves it to
 its own commit.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = Path(__file__).with_name("data") / "refactor.yaml"
-BEFORE = "29fe012373443dfe63e7c633d6af35057561510f"
+BEFORE = "b1967fa30eaa814e891c4e339d567ded0e2de700"
 KEY = re.compile(r"-[0-9a-f]{8,}")           # cache keys in folder and file names
 # the data and model files (the runner's and stages' bookkeeping beside them, options files, locks, the pickled
 # training arguments with their output paths, may change with the code that keeps the books)
