@@ -5,9 +5,9 @@ files and new headline keys, are not compared).
 
 Both runs happen here, on the same machine, one after the other (floating-point sums differ between CPUs, so a
 stored list of hashes would not travel). ``BEFORE`` is the last commit that changed results on purpose: first the
-commit before the package was rebuilt into rooms (issue 17, 0df5290), now issue 18's last (each base model attributes
-its own traces and fine-tunes on its own selection; the verdict's statistics); a change that is meant to change results moves it to
-its own commit.
+commit before the package was rebuilt into rooms (issue 17, 0df5290), now issue 18's last (each base model
+attributes its own traces and fine-tunes on its own selection; the verdict's statistics); a change that is meant to
+change results moves it to its own commit.
 """
 from __future__ import annotations
 
