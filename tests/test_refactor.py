@@ -71,8 +71,8 @@ def _outputs(folder: Path) -> Counter:
 
 def _differences(before, after, where: str = "") -> list[str]:
     """Where a number of the ``before`` headline JSON is not in ``after``: keys and table rows added since are new
-    results and not compared; a row of a table (a list of mappings) is found by its words (score, variant, role,
-    mode, ...); timings and the runner's stamp are skipped."""
+    results and not compared; a row of a table (a list of mappings) is found by its words and whole numbers (score,
+    variant, role, mode, base_seed, ...); timings and the runner's stamp are skipped."""
     if isinstance(before, dict):
         if not isinstance(after, dict):
             return [f"{where}: {after!r} is no mapping"]
@@ -80,9 +80,10 @@ def _differences(before, after, where: str = "") -> list[str]:
                 for d in (_differences(v, after[k], f"{where}.{k}") if k in after else [f"{where}.{k}: gone"])]
     if isinstance(before, list) and before and all(isinstance(r, dict) for r in before):
         def match(row):
-            words = {k: v for k, v in row.items() if isinstance(v, str)}
+            # a row's words and whole numbers name it (score, variant, role, mode, base_seed...)
+            words = {k: v for k, v in row.items() if isinstance(v, (str, int)) and not isinstance(v, bool)}
             return next((r for r in after if isinstance(r, dict) and all(r.get(k) == v for k, v in words.items())),
-                        None), f"{where}{sorted(words.values())}"
+                        None), f"{where}{sorted(map(str, words.values()))}"
         return [d for r in before for found, at in [match(r)]
                 for d in (_differences(r, found, at) if found is not None else [f"{at}: row gone"])]
     if isinstance(before, list):
